@@ -1,0 +1,31 @@
+# Two targets do all the set-up from a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.slmforge-installed
+
+.PHONY: setup demo test lint clean-venv
+
+setup: $(STAMP)
+
+# torch goes first, pinned, so pip takes the CPU build on this machine instead of CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m slmforge.demo
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	CI=$${CI:-} $(BIN)/python -m pytest -n 2 -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from slmforge.cli.main import main
+
+main()

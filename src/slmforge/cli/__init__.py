@@ -1,0 +1,1 @@
+"""The command line: one module per verb; each parses options and calls the library."""

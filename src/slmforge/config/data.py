@@ -1,0 +1,83 @@
+"""Options of `slmforge data ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from slmforge.config import StrictModel
+
+InputFormat = Literal[
+    "auto", "prompt_response", "messages", "alpaca", "sharegpt", "csv", "parquet", "hf_dataset"
+]
+OutputFormat = Literal["messages", "prompt_response", "text"]
+
+
+class ReadOptions(StrictModel):
+    """How to read an input data file (shared by every data command and by finetune)."""
+
+    input_format: InputFormat = Field("auto", description="Input format; auto detects it.")
+    prompt_field: str | None = Field(None, description="Column/key holding the prompt.")
+    response_field: str | None = Field(None, description="Column/key holding the response.")
+    system_prompt: str | None = Field(
+        None, description="System message to add to every example that has none."
+    )
+
+
+class ConvertConfig(ReadOptions):
+    input: Path = Field(description="Data file or saved Hugging Face dataset folder.")
+    out: Path = Field(description="Output file.")
+    output_format: OutputFormat = Field("messages", description="What to write.")
+    text_template: str | None = Field(
+        None,
+        description=r"Render plain text, e.g. '<|user|>\n{prompt}<|end|>\n<|assistant|>\n"
+        r"{response}<|end|>' (implies --output-format text).",
+    )
+    force: bool = Field(False, description="Replace the output if it exists.")
+
+
+class ValidateConfig(ReadOptions):
+    files: list[Path] = Field(description="Files to check; train first, then validation.")
+    tokenizer: str | None = Field(None, description="Tokenizer (model folder or hub id) for lengths.")
+    max_seq_len: int = Field(2048, gt=0, description="Warn for examples longer than this.")
+    min_examples: int = Field(10, ge=0, description="Warn when a file has fewer examples.")
+    report: Path | None = Field(None, description="Write every finding to this JSON file.")
+    drop_invalid: bool = Field(False, description="Write a clean copy without invalid rows.")
+    out: Path | None = Field(None, description="Where --drop-invalid writes the clean copy.")
+    force: bool = Field(False, description="Replace the outputs if they exist.")
+
+
+class SplitConfig(ReadOptions):
+    input: Path = Field(description="Data file to split.")
+    out_dir: Path = Field(description="Folder for train.jsonl, validation.jsonl, test.jsonl.")
+    validation: float = Field(0.1, ge=0, description="Ratio (<1) or count (>=1) for validation.")
+    test: float = Field(0.0, ge=0, description="Ratio (<1) or count (>=1) for test.")
+    seed: int = Field(42, description="Seed of the deterministic shuffle.")
+    force: bool = Field(False, description="Replace the outputs if they exist.")
+
+
+class StatsConfig(ReadOptions):
+    input: Path = Field(description="Data file.")
+    tokenizer: str | None = Field(None, description="Tokenizer (model folder or hub id).")
+    json_output: bool = Field(False, description="Print JSON instead of a table.")
+
+
+class SynthConfig(StrictModel):
+    seed_data: Path = Field(description="Seed examples (any readable format).")
+    out: Path = Field(description="Output jsonl (prompt/response); appended to on --resume.")
+    teacher: str = Field(description="Teacher engine: openai:MODEL@BASE_URL or a model folder.")
+    topic: str = Field("", description="Topic of the new examples.")
+    count: int = Field(50, gt=0, description="How many new examples to write.")
+    per_request: int = Field(5, gt=0, le=50, description="Examples asked for per request.")
+    seed_examples: int = Field(5, gt=0, description="Seed examples shown per request.")
+    temperature: float = Field(0.9, ge=0, le=2)
+    max_tokens: int = Field(1024, gt=0, description="Max tokens of each teacher reply.")
+    max_requests: int | None = Field(None, gt=0, description="Stop after this many requests.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx per request.")
+    timeout_s: float = Field(60.0, gt=0, description="Timeout of each request in seconds.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Env var holding the teacher's key.")
+    seed: int = Field(0, description="Seed for picking seed examples.")
+    resume: bool = Field(False, description="Continue an interrupted run in --out.")
+    force: bool = Field(False, description="Replace the output if it exists.")

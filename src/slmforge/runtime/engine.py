@@ -1,0 +1,180 @@
+"""The one generation interface used by serve, eval and app.
+
+Engines (`TorchEngine`, `OnnxEngine`, `RemoteEngine`) implement `generate`, which streams text
+deltas and ends with one delta carrying `finish_reason` and token `usage`. `BaseEngine.chat`
+wraps that stream with `measure`, so time to first token, inter-token latency and tokens/s are
+measured in one place for every engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import Field
+
+from slmforge.config import StrictModel
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+class GenParams(StrictModel):
+    """Sampling options; temperature 0 means greedy."""
+
+    max_tokens: int = Field(256, gt=0, description="Most new tokens to generate.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off.")
+    seed: int | None = Field(None, description="Seed for sampling.")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Timings:
+    ttft_s: float | None = None  # time to first token
+    total_s: float = 0.0
+    tokens_per_s: float | None = None  # decode rate after the first token
+    inter_token_s: float | None = None  # mean gap between deltas after the first
+
+
+@dataclass
+class Delta:
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" on the final delta
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+
+
+class Engine(Protocol):
+    name: str
+
+    def chat(
+        self, messages: list[Message], params: GenParams, adapter: str | None = None
+    ) -> Iterator[Delta]: ...
+
+    def adapters(self) -> list[str]: ...
+
+
+def measure(stream: Iterator[Delta]) -> Iterator[Delta]:
+    """Pass deltas through and attach `Timings` to the final one."""
+    start = time.perf_counter()
+    first: float | None = None
+    last = start
+    gaps: list[float] = []
+    final: Delta | None = None
+    for delta in stream:
+        now = time.perf_counter()
+        if delta.text:
+            if first is None:
+                first = now
+            else:
+                gaps.append(now - last)
+            last = now
+        if delta.finish_reason is not None or delta.usage is not None:
+            final = delta
+            continue
+        yield delta
+    end = time.perf_counter()
+    final = final or Delta(finish_reason="stop")
+    usage = final.usage or Usage()
+    decode_s = end - first if first is not None else 0.0
+    decoded = max(usage.completion_tokens - 1, 0)
+    final.timings = Timings(
+        ttft_s=None if first is None else first - start,
+        total_s=end - start,
+        tokens_per_s=decoded / decode_s if decode_s > 0 and decoded else None,
+        inter_token_s=sum(gaps) / len(gaps) if gaps else None,
+    )
+    yield final
+
+
+class BaseEngine:
+    """Shared `chat` for engines: subclasses implement `generate` and `adapters`."""
+
+    name = "engine"
+
+    def generate(
+        self, messages: list[Message], params: GenParams, adapter: str | None = None
+    ) -> Iterator[Delta]:
+        raise NotImplementedError  # the abstract hook; every engine overrides it
+
+    def adapters(self) -> list[str]:
+        return []
+
+    def chat(
+        self, messages: list[Message], params: GenParams, adapter: str | None = None
+    ) -> Iterator[Delta]:
+        return measure(self.generate(messages, params, adapter))
+
+
+def complete(
+    engine: Engine, messages: list[Message], params: GenParams, adapter: str | None = None
+) -> Completion:
+    """Run one chat to the end and collect it."""
+    parts: list[str] = []
+    final = Delta()
+    for delta in engine.chat(messages, params, adapter):
+        parts.append(delta.text)
+        if delta.finish_reason is not None or delta.timings is not None:
+            final = delta
+    return Completion(
+        text="".join(parts),
+        finish_reason=final.finish_reason,
+        usage=final.usage or Usage(),
+        timings=final.timings or Timings(),
+    )
+
+
+class StopStringFilter:
+    """Hold back text that may be the start of a stop string; cut at the first full match.
+
+    Local engines decode token by token, and a stop string can span several tokens, so text is
+    released only once it can no longer be part of a stop string.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.pending += text
+        cut = min((i for s in self.stops if (i := self.pending.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending, self.stopped = self.pending[:cut], "", True
+            return out
+        keep = max((len(s) - 1 for s in self.stops), default=0)
+        keep = next(
+            (k for k in range(min(keep, len(self.pending)), 0, -1)
+             if any(s.startswith(self.pending[-k:]) for s in self.stops)),
+            0,
+        )
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
