@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m slmforge.demo
+	bash examples/demo.sh
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -46,8 +46,9 @@ def cli_type(annotation: Any) -> Any | None:
 
 def _help_text(field: FieldInfo) -> str:
     text = field.description or ""
-    if not field.is_required() and field.default not in (None, [], (), False):
-        default = field.default
+    # get_default also covers default_factory fields (their `.default` is PydanticUndefined)
+    default = None if field.is_required() else field.get_default(call_default_factory=True)
+    if default not in (None, [], (), False):
         if get_origin(_unwrap_optional(field.annotation)) is list:
             default = ",".join(map(str, default))
         text += f" [default: {default}]"
@@ -105,8 +106,12 @@ def model_command(
         def command(**kwargs: Any) -> None:
             config_path = kwargs.pop("config", None)
             values = load_yaml(config_path) if config_path else {}
-            values.update({k: v for k, v in kwargs.items() if _given(v)})
-            fn(validate(model, values, options=True))
+            given = {k: v for k, v in kwargs.items() if _given(v)}
+            values.update(given)
+            prefix = f"{config_path}: " if config_path else ""
+            # Required fields missing everywhere are named as options: that is where users add them.
+            option_keys = set(given) | (set(model.model_fields) - set(values))
+            fn(validate(model, values, prefix=prefix, option_keys=option_keys))
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}

@@ -26,17 +26,18 @@ class StrictModel(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def _field_label(loc: tuple[Any, ...], option_style: bool) -> str:
+def _field_label(loc: tuple[Any, ...], prefix: str, option_keys: frozenset[str]) -> str:
     parts = [str(p) for p in loc]
-    if option_style and len(parts) == 1:
+    if parts and parts[0] in option_keys:
         return "--" + parts[0].replace("_", "-")
-    return ".".join(parts)
+    label = ".".join(parts)
+    return f"{prefix}.{label}" if prefix and not prefix.endswith(": ") else f"{prefix}{label}"
 
 
-def _error_line(model: type[BaseModel], error: dict[str, Any], prefix: str, options: bool) -> str:
+def _error_line(model: type[BaseModel], error: dict[str, Any], prefix: str,
+                option_keys: frozenset[str]) -> str:
     loc = tuple(error["loc"])
-    label = _field_label(loc, options and not prefix)
-    label = f"{prefix}.{label}" if prefix else label
+    label = _field_label(loc, prefix, option_keys)
     if error["type"] == "extra_forbidden":
         known = _known_fields(model, loc[:-1])
         guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -58,17 +59,22 @@ def _known_fields(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
 
 
 def validation_message(model: type[BaseModel], exc: ValidationError, prefix: str = "",
-                       options: bool = False) -> str:
-    """One line per problem: `stages.finetune.lora_rank: unknown field, did you mean lora_r?`."""
-    return "; ".join(_error_line(model, e, prefix, options) for e in exc.errors())
+                       option_keys: frozenset[str] = frozenset()) -> str:
+    """One line per problem: `stages.finetune.lora_rank: unknown field, did you mean lora_r?`.
+
+    Fields named in `option_keys` came from the command line and are shown as `--options`;
+    the others are shown as keys under `prefix` (a file name ending in ": ", or a YAML path).
+    """
+    return "; ".join(_error_line(model, e, prefix, option_keys) for e in exc.errors())
 
 
-def validate(model: type[M], values: dict[str, Any], prefix: str = "", options: bool = False) -> M:
+def validate(model: type[M], values: dict[str, Any], prefix: str = "",
+             option_keys: frozenset[str] | set[str] = frozenset()) -> M:
     """Validate `values` into `model`, raising a ConfigError that names every bad field."""
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(validation_message(model, exc, prefix, options)) from None
+        raise ConfigError(validation_message(model, exc, prefix, frozenset(option_keys))) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class ValidateConfig(ReadOptions):
     report: Path | None = Field(None, description="Write every finding to this JSON file.")
     drop_invalid: bool = Field(False, description="Write a clean copy without invalid rows.")
     out: Path | None = Field(None, description="Where --drop-invalid writes the clean copy.")
+    output_format: OutputFormat = Field("messages", description="Format of the clean copy.")
     force: bool = Field(False, description="Replace the outputs if they exist.")
 
 
@@ -62,6 +63,11 @@ class StatsConfig(ReadOptions):
     input: Path = Field(description="Data file.")
     tokenizer: str | None = Field(None, description="Tokenizer (model folder or hub id).")
     json_output: bool = Field(False, description="Print JSON instead of a table.")
+
+
+class SampleConfig(StrictModel):
+    out: Path = Field(Path("travel.jsonl"), description="Where to write the sample jsonl.")
+    force: bool = Field(False, description="Replace the output if it exists.")
 
 
 class SynthConfig(StrictModel):

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The slmforge journey on a tiny model built here and slmforge's own sample data.
+# Every line is a command a user would type; artifacts land in demo-out/ (re-runs replace them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SLMFORGE="${SLMFORGE:-.venv/bin/slmforge}"
+OUT="${DEMO_OUT:-demo-out}"
+STEPS="${DEMO_STEPS:-80}"
+mkdir -p "$OUT"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+step "1. Build a tiny Phi-3-style model (tokenizer trained here, weights briefly pretrained)"
+run "$SLMFORGE" models tiny --arch phi3 --out "$OUT/base" --force
+run "$SLMFORGE" models info "$OUT/base"
+
+step "2. Data: sample prompt/response pairs -> chat messages -> validated -> split"
+run "$SLMFORGE" data sample --out "$OUT/data/travel.jsonl" --force
+run "$SLMFORGE" data convert "$OUT/data/travel.jsonl" --out "$OUT/data/travel_chat.jsonl" \
+  --system-prompt "You are a helpful travel assistant." --force
+run "$SLMFORGE" data validate "$OUT/data/travel_chat.jsonl" --tokenizer "$OUT/base" --max-seq-len 256
+run "$SLMFORGE" data split "$OUT/data/travel_chat.jsonl" --out-dir "$OUT/data/split" \
+  --validation 0.1 --test 0.1 --seed 7 --force
+run "$SLMFORGE" data stats "$OUT/data/split/train.jsonl" --tokenizer "$OUT/base"
+
+step "3. Fine-tune a LoRA adapter (assistant-only loss), then merge it"
+run "$SLMFORGE" finetune --model "$OUT/base" --data "$OUT/data/split/train.jsonl" \
+  --eval-data "$OUT/data/split/validation.jsonl" --method lora --max-steps "$STEPS" \
+  --lr 1e-3 --batch-size 8 --packing --max-seq-len 256 --out "$OUT/adapter" --force
+run "$SLMFORGE" merge --adapter "$OUT/adapter" --out "$OUT/merged" --force
+
+step "4. Ask the fine-tuned model"
+echo "What should I pack for a trip to Lisbon?" | run "$SLMFORGE" chat "$OUT/merged" --max-tokens 48
+
+step "Done. Artifacts (each with a slmforge.json manifest):"
+for path in base data/split adapter merged; do printf '  %s/%s\n' "$OUT" "$path"; done
+printf '  loss plot: %s/adapter/loss.png\n' "$OUT"

@@ -1,0 +1,175 @@
+"""`slmforge data convert|validate|split|stats|sample` (and `synth`, from cli/data_synth.py).
+
+Each command validates its options through the config model, calls the library, and renders the
+result with rich on stdout. Heavy packages (pandas, pyarrow, transformers, datasets) are imported
+by the library only when a command needs them, so `slmforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from slmforge.cli.options import model_command
+from slmforge.config.data import (
+    ConvertConfig,
+    SampleConfig,
+    SplitConfig,
+    StatsConfig,
+    ValidateConfig,
+)
+from slmforge.errors import DataError
+
+data_app = typer.Typer(
+    help="Read, check, convert, split and describe fine-tuning data.", no_args_is_help=True
+)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # soft_wrap: a finding is one line a user can grep, even on a narrow terminal.
+    return Console(soft_wrap=True, highlight=False)
+
+
+@model_command(data_app, "convert", ConvertConfig, arguments=("input",))
+def convert(config: ConvertConfig) -> None:
+    """Convert any supported data file to messages, prompt/response or templated text jsonl."""
+    from slmforge.data.formats import run_convert
+
+    path, count = run_convert(config)
+    _console().print(f"wrote {count} examples to {path}", markup=False)
+
+
+def _render_findings(report: Any) -> None:
+    from rich.text import Text
+
+    console = _console()
+    for finding in report.findings:
+        style = "red" if finding.severity == "error" else "yellow"
+        line = Text(f"{finding.location()}: ")
+        line.append(f"{finding.severity}: ", style=style)
+        line.append(finding.message)
+        console.print(line)
+
+
+def _render_counts(report: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="validation")
+    for column in ("file", "examples", "errors", "warnings"):
+        table.add_column(column, justify="left" if column == "file" else "right")
+    for file, row in report.counts().items():
+        table.add_row(file, str(row["examples"]), str(row["errors"]), str(row["warnings"]))
+    _console().print(table)
+
+
+@model_command(data_app, "validate", ValidateConfig, arguments=("files",))
+def validate(config: ValidateConfig) -> None:
+    """Check data files (train first): every problem with file, line and field; exit 2 on errors."""
+    from slmforge.data.validate import run_validate
+
+    report = run_validate(config)
+    _render_findings(report)
+    _render_counts(report)
+    console = _console()
+    if config.report is not None:
+        console.print(f"report: {config.report}", markup=False)
+    if report.errors and not config.drop_invalid:
+        files = ", ".join(map(str, config.files))
+        raise DataError(report.findings, summary=f"{len(report.errors)} errors in {files}; fix "
+                        "them, or pass --drop-invalid --out FILE to keep only the valid examples")
+    if config.drop_invalid:
+        lines = ", ".join(map(str, report.dropped_lines)) or "none"
+        kept = sum(report.examples.values())
+        console.print(f"dropped {len(report.dropped_lines)} invalid records (lines: {lines}); "
+                      f"wrote {kept} examples to {config.out}", markup=False)
+    else:
+        console.print(f"ok: {sum(report.examples.values())} valid examples", markup=False)
+
+
+@model_command(data_app, "split", SplitConfig, arguments=("input",))
+def split(config: SplitConfig) -> None:
+    """Split into train/validation/test jsonl; repeated prompts stay in one part."""
+    from rich.table import Table
+
+    from slmforge.data.split import run_split
+
+    written = run_split(config)
+    table = Table(title=f"split: {config.out_dir}")
+    table.add_column("part")
+    table.add_column("examples", justify="right")
+    table.add_column("file")
+    for name, path in written.items():
+        count = sum(1 for line in path.open(encoding="utf-8") if line.strip())
+        table.add_row(name, str(count), str(path))
+    _console().print(table)
+
+
+def _stats_table(stats: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title="stats", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("examples", str(stats.examples))
+    for label, summary in (("turns", stats.turns), ("characters", stats.characters)):
+        table.add_row(f"{label} min/mean/max", f"{summary.min}/{summary.mean}/{summary.max}")
+    table.add_row("with system message", str(stats.system_messages))
+    table.add_row("repeated prompts", str(stats.repeated_prompts))
+    if stats.tokens is not None:
+        for name, value in stats.tokens.percentiles.items():
+            table.add_row(f"tokens {name}", str(value))
+        table.add_row("tokens max", str(stats.tokens.max))
+    return table
+
+
+def _histogram_table(buckets: list[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="token lengths", show_header=True)
+    table.add_column("tokens", justify="right")
+    table.add_column("examples", justify="right")
+    table.add_column("")
+    peak = max(b.count for b in buckets) or 1
+    for bucket in buckets:
+        bar = "█" * round(30 * bucket.count / peak)
+        table.add_row(f"{bucket.low}-{bucket.high}", str(bucket.count), bar)
+    return table
+
+
+@model_command(data_app, "stats", StatsConfig, arguments=("input",))
+def stats(config: StatsConfig) -> None:
+    """Describe a data file: counts, turns, characters and (with --tokenizer) token lengths."""
+    from slmforge.config.data import ReadOptions
+    from slmforge.data.formats import read_examples
+    from slmforge.data.stats import compute_stats, load_tokenizer
+
+    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
+    options = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
+    result = compute_stats(read_examples(config.input, options), tokenizer)
+    if config.json_output:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    console = _console()
+    console.print(_stats_table(result))
+    if result.tokens is not None:
+        console.print(_histogram_table(result.tokens.histogram))
+
+
+@model_command(data_app, "sample", SampleConfig)
+def sample(config: SampleConfig) -> None:
+    """Write slmforge's travel-assistant sample data set (prompt/response jsonl)."""
+    from slmforge.data.sample import sample_pairs, write_sample
+
+    path = write_sample(config.out, force=config.force)
+    _console().print(f"wrote {len(sample_pairs())} examples to {path}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    from slmforge.cli import data_synth
+
+    data_synth.register(data_app)
+    app.add_typer(data_app, name="data")

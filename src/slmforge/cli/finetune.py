@@ -1,0 +1,72 @@
+"""`slmforge finetune` and `slmforge merge`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import typer
+import yaml
+
+from slmforge.cli.options import model_command
+from slmforge.config.finetune import FinetuneConfig, MergeConfig
+from slmforge.errors import RunError
+
+
+def _launch_distributed(cfg: FinetuneConfig) -> None:
+    """Re-run this command under torchrun with the validated config as a YAML file."""
+    from slmforge.train.distributed import launch
+
+    with tempfile.TemporaryDirectory(prefix="slmforge-ddp-") as tmp:
+        config_path = Path(tmp) / "finetune.yaml"
+        config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
+        code = launch(["finetune", "--config", str(config_path)], cfg.nproc)
+    if code:
+        err = RunError(f"distributed fine-tuning failed (workers exited with code {code})")
+        err.exit_code = code if code in (2, 130) else 1
+        raise err
+
+
+def _summary(out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from slmforge.artifacts import read_manifest
+
+    manifest = read_manifest(out)
+    if manifest is None:
+        return
+    table = Table(title=f"{manifest.kind}: {out}", show_header=False)
+    for key, value in manifest.metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console = Console()
+    console.print(table)
+    for sample in manifest.details.get("samples", []):
+        console.print(f"[bold]Q:[/bold] {sample['prompt']}\n[bold]A:[/bold] {sample['output']}\n")
+
+
+def register(app: typer.Typer) -> None:
+    @model_command(app, "finetune", FinetuneConfig, config_file=True)
+    def finetune(cfg: FinetuneConfig) -> None:
+        """Fine-tune a causal LM with LoRA, QLoRA, DoRA or full SFT (assistant-only loss)."""
+        from slmforge.train.distributed import under_launcher
+
+        if cfg.nproc > 1 and not under_launcher():
+            _launch_distributed(cfg)
+            _summary(cfg.out)
+            return
+        from slmforge.train.sft import finetune as run_finetune
+
+        out = run_finetune(cfg)
+        from slmforge.train.distributed import DistContext
+
+        if DistContext.from_env().is_main:
+            _summary(out)
+
+    @model_command(app, "merge", MergeConfig)
+    def merge(cfg: MergeConfig) -> None:
+        """Merge an adapter into its base model and write a full model folder."""
+        from slmforge.train.merge import merge_adapter
+
+        merge_adapter(cfg.adapter, cfg.out, base=cfg.base, dtype=cfg.dtype, force=cfg.force,
+                      allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)

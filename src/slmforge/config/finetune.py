@@ -1,0 +1,79 @@
+"""Options of `slmforge finetune` and `slmforge merge`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from slmforge.config import StrictModel
+from slmforge.config.data import ReadOptions
+
+Method = Literal["lora", "qlora", "dora", "full"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class FinetuneConfig(ReadOptions):
+    model: str = Field(description="Base model: hub id or local folder.")
+    data: Path = Field(description="Training data (any format `slmforge data` reads).")
+    eval_data: Path | None = Field(None, description="Held-out data for eval loss/accuracy.")
+    out: Path = Field(description="Output folder (adapter, or full model for --method full).")
+    method: Method = Field("lora", description="lora, qlora (CUDA), dora or full.")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps (overrides epochs).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the data when --max-steps is unset.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0 = off).")
+    batch_size: int = Field(4, gt=0, description="Rows per micro-batch, split across --nproc processes.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_seq_len: int = Field(1024, gt=8, description="Longer examples are truncated.")
+    packing: bool = Field(False, description="Pack examples into rows (no padding, no leaks).")
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules to adapt (default per architecture; 'all-linear' for every linear).",
+    )
+    train_on_prompt: bool = Field(False, description="Compute loss on prompt tokens too.")
+    text_template: str | None = Field(
+        None, description=r"Template for models without a chat template, e.g. "
+        r"'<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}<|end|>'.",
+    )
+    seed: int = Field(42)
+    log_every: int = Field(10, gt=0, description="Steps between metric records.")
+    eval_every: int | None = Field(None, gt=0, description="Steps between evaluations.")
+    save_every: int | None = Field(None, gt=0, description="Steps between checkpoints.")
+    samples: int = Field(3, ge=0, description="Sample generations from the eval set afterwards.")
+    device: Device = Field("auto")
+    precision: Precision = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(False)
+    nproc: int = Field(1, gt=0, description="Data-parallel processes (torchrun) on this machine.")
+    merge: bool = Field(False, description="Also write a merged full model to OUT/merged.")
+    resume: bool = Field(False, description="Continue from the last checkpoint of OUT.")
+    force: bool = Field(False, description="Replace OUT if it exists.")
+    strict_memory: bool = Field(False, description="Stop when the memory estimate does not fit.")
+    allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) checkpoints.")
+    trust_remote_code: bool = Field(False)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> FinetuneConfig:
+        if self.method == "full" and self.merge:
+            raise ValueError("--merge only applies to adapter methods (lora, qlora, dora)")
+        if self.resume and self.force:
+            raise ValueError("--resume and --force contradict each other; pick one")
+        return self
+
+
+class MergeConfig(StrictModel):
+    adapter: Path = Field(description="PEFT adapter folder written by `slmforge finetune`.")
+    out: Path = Field(description="Output folder for the merged model.")
+    base: str | None = Field(None, description="Base model (default: from the adapter).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto")
+    force: bool = Field(False, description="Replace OUT if it exists.")
+    allow_pickle: bool = Field(False)
+    trust_remote_code: bool = Field(False)

@@ -1,0 +1,419 @@
+"""Read any supported data file into chat examples, and write examples back out.
+
+Reading has two registries. A *container* turns a file into raw records with line numbers
+(JSON Lines, CSV, Parquet, a saved Hugging Face dataset). A *record format* turns one record
+into chat messages (prompt/response, OpenAI messages, alpaca, ShareGPT). Adding a format is one
+function plus one `register_*` call. Every problem becomes a `Finding` with file, line and field,
+and reading never stops at the first bad record, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmforge import progress
+from slmforge.artifacts import atomic_file, check_output
+from slmforge.config.data import ConvertConfig, ReadOptions
+from slmforge.data.containers import Record, bad, container_for
+from slmforge.errors import ConfigError, DataError, Finding, InputError
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Example:
+    """One chat example: a list of role/content messages and where it came from."""
+
+    messages: list[dict[str, str]]
+    line: int | None = None
+    source: str = ""
+
+    @property
+    def system(self) -> str | None:
+        first = self.messages[0] if self.messages else None
+        return first["content"] if first and first["role"] == "system" else None
+
+    def turns(self) -> list[dict[str, str]]:
+        """The messages without the system message."""
+        return [m for m in self.messages if m["role"] != "system"]
+
+    def is_single_turn(self) -> bool:
+        return len(self.turns()) == 2
+
+    @property
+    def prompt(self) -> str:
+        """The first user message (the prompt of a single-turn example)."""
+        return next((m["content"] for m in self.messages if m["role"] == "user"), "")
+
+    @property
+    def response(self) -> str:
+        """The last assistant message (the response of a single-turn example)."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
+    def prompt_key(self) -> str:
+        """Normalized user turns: what 'the same prompt' means for duplicates and leakage."""
+        return "\n".join(normalize_text(m["content"]) for m in self.messages if m["role"] == "user")
+
+
+def normalize_text(text: str) -> str:
+    """Casefold and collapse whitespace, so 'Hi  there' and 'hi there' count as one prompt."""
+    return " ".join(text.casefold().split())
+
+
+@dataclass
+class _Where:
+    """Location of the record being converted; makes findings with file and line filled in."""
+
+    file: str
+    line: int | None
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, field_name: str | None, message: str, rule: str) -> None:
+        self.findings.append(Finding(self.file, self.line, field_name, message, "error", rule))
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def _text(record: dict[str, Any], key: str, at: _Where, label: str | None = None) -> str | None:
+    """A required non-empty string field, or None after recording what is wrong with it."""
+    label = label or key
+    value = record.get(key)
+    if key not in record or value is None:
+        at.add(label, f"missing '{key}' (expected a non-empty string)", "missing_field")
+    elif not isinstance(value, str):
+        at.add(label, f"expected a string, got {_type_name(value)}", "wrong_type")
+    elif not value.strip():
+        at.add(label, "empty (expected a non-empty string)", "empty_field")
+    else:
+        return value
+    return None
+
+
+# -- record formats ------------------------------------------------------------------------
+Converter = Callable[[dict[str, Any], ReadOptions, _Where], list[dict[str, str]] | None]
+
+
+@dataclass(frozen=True)
+class RecordFormat:
+    name: str
+    keys: tuple[str, ...]  # the keys that identify the format in auto-detection
+    convert: Converter
+    turns_key: str = "messages"  # the record's list of turns, and the role key in each turn,
+    role_key: str = "role"  # so findings name fields as they are in the file
+
+    def file_field(self, name: str | None) -> str | None:
+        """`messages[1].role` as this format spells it (ShareGPT: `conversations[1].from`)."""
+        if name is None or not name.startswith("messages"):
+            return name
+        name = self.turns_key + name[len("messages"):]
+        return name[: -len(".role")] + f".{self.role_key}" if name.endswith(".role") else name
+
+
+RECORD_FORMATS: dict[str, RecordFormat] = {}
+
+
+def register_record_format(name: str, keys: tuple[str, ...], turns_key: str = "messages",
+                           role_key: str = "role") -> Callable[[Converter], Converter]:
+    def decorator(fn: Converter) -> Converter:
+        RECORD_FORMATS[name] = RecordFormat(name, keys, fn, turns_key, role_key)
+        return fn
+
+    return decorator
+
+
+@register_record_format("messages", ("messages",))
+def _from_messages(record: dict[str, Any], options: ReadOptions, at: _Where):
+    raw = record.get("messages")
+    if not isinstance(raw, list) or not raw:
+        what = "missing" if raw is None else f"got {_type_name(raw)}"
+        at.add("messages", f"expected a non-empty list of messages, {what}", "missing_field")
+        return None
+    messages = []
+    for i, item in enumerate(raw):
+        label = f"messages[{i}]"
+        if not isinstance(item, dict):
+            at.add(label, f"expected an object with role and content, got {_type_name(item)}",
+                   "wrong_type")
+            continue
+        role = _text(item, "role", at, f"{label}.role")
+        content = _text(item, "content", at, f"{label}.content")
+        if role is not None and role not in ROLES:
+            at.add(f"{label}.role", f"unknown role '{role}' (expected one of {', '.join(ROLES)})",
+                   "unknown_role")
+        elif role is not None and content is not None:
+            messages.append({"role": role, "content": content})
+    return messages
+
+
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                   "assistant": "assistant"}
+
+
+@register_record_format("sharegpt", ("conversations",), "conversations", "from")
+def _from_sharegpt(record: dict[str, Any], options: ReadOptions, at: _Where):
+    raw = record.get("conversations")
+    if not isinstance(raw, list) or not raw:
+        what = "missing" if raw is None else f"got {_type_name(raw)}"
+        at.add("conversations", f"expected a non-empty list of turns, {what}", "missing_field")
+        return None
+    messages = []
+    for i, item in enumerate(raw):
+        label = f"conversations[{i}]"
+        if not isinstance(item, dict):
+            at.add(label, f"expected an object with from and value, got {_type_name(item)}",
+                   "wrong_type")
+            continue
+        speaker = _text(item, "from", at, f"{label}.from")
+        value = _text(item, "value", at, f"{label}.value")
+        role = _SHAREGPT_ROLES.get(speaker or "")
+        if speaker is not None and role is None:
+            known = ", ".join(_SHAREGPT_ROLES)
+            at.add(f"{label}.from", f"unknown speaker '{speaker}' (expected one of {known})",
+                   "unknown_role")
+        elif role is not None and value is not None:
+            messages.append({"role": role, "content": value})
+    return messages
+
+
+@register_record_format("alpaca", ("instruction", "output"))
+def _from_alpaca(record: dict[str, Any], options: ReadOptions, at: _Where):
+    instruction = _text(record, "instruction", at)
+    output = _text(record, "output", at)
+    extra = record.get("input")
+    if extra is not None and not isinstance(extra, str):
+        at.add("input", f"expected a string, got {_type_name(extra)}", "wrong_type")
+        return None
+    if instruction is None or output is None:
+        return None
+    # The alpaca convention: the optional input follows the instruction after a blank line.
+    prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+
+
+@register_record_format("prompt_response", ("prompt", "response"))
+def _from_prompt_response(record: dict[str, Any], options: ReadOptions, at: _Where):
+    prompt = _text(record, options.prompt_field or "prompt", at)
+    response = _text(record, options.response_field or "response", at)
+    if prompt is None or response is None:
+        return None
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+# -- conversation rules: what makes converted messages a usable training example -------------
+ConversationRule = Callable[[list[dict[str, str]]], Iterable[tuple[str | None, str, str]]]
+CONVERSATION_RULES: list[ConversationRule] = []
+
+
+def conversation_rule(fn: ConversationRule) -> ConversationRule:
+    CONVERSATION_RULES.append(fn)
+    return fn
+
+
+@conversation_rule
+def _role_order(messages: list[dict[str, str]]):
+    expected = "user"
+    for i, message in enumerate(messages):
+        role = message["role"]
+        if role == "system":
+            if i != 0:
+                yield f"messages[{i}].role", "a system message may only come first", "role_order"
+            continue
+        if role != expected:
+            yield (f"messages[{i}].role", f"expected a {expected} message here, got {role} "
+                   "(user and assistant turns must alternate, starting with user)", "role_order")
+            return
+        expected = "assistant" if role == "user" else "user"
+
+
+@conversation_rule
+def _ends_with_assistant(messages: list[dict[str, str]]):
+    if not any(m["role"] == "assistant" for m in messages):
+        yield "messages", "no assistant message (nothing to learn from)", "no_assistant"
+    elif messages[-1]["role"] != "assistant":
+        yield (f"messages[{len(messages) - 1}]", "the conversation must end with an assistant "
+               "turn", "last_not_assistant")
+
+
+# -- reading -------------------------------------------------------------------------------
+def _detect_record_format(keys: Iterable[str], options: ReadOptions) -> str | None:
+    if options.input_format in RECORD_FORMATS:
+        return options.input_format
+    if options.prompt_field or options.response_field:
+        return "prompt_response"
+    keys = set(keys)
+    for fmt in RECORD_FORMATS.values():
+        if keys.issuperset(fmt.keys[:1]):
+            return fmt.name
+    return None
+
+
+def _unknown_format(path: Path, line: int | None, keys: Iterable[str]) -> Finding:
+    shown = ", ".join(sorted(map(str, keys))) or "none"
+    return bad(path, line, f"cannot tell the format from the keys ({shown}); expected prompt/"
+                "response, messages, instruction/output or conversations; pass --input-format "
+                "or --prompt-field/--response-field", "unknown_format")
+
+
+def _missing_columns(path: Path, columns: list[str], fmt: str, options: ReadOptions):
+    """For tables a missing column is one finding, not one per row."""
+    if fmt == "prompt_response":
+        needed = [options.prompt_field or "prompt", options.response_field or "response"]
+    else:
+        needed = list(RECORD_FORMATS[fmt].keys)
+    for name in needed:
+        if name not in columns:
+            yield Finding(str(path), None, name, f"no '{name}' column (columns: "
+                          f"{', '.join(columns) or 'none'})", "error", "missing_field")
+
+
+def _convert(record: Record, fmt: RecordFormat, options: ReadOptions, path: Path,
+             findings: list[Finding]) -> Example | None:
+    at = _Where(str(path), record.line, findings)
+    if not isinstance(record.value, dict):
+        at.add(None, f"expected a JSON object, got {_type_name(record.value)}", "not_object")
+        return None
+    before = len(findings)
+    messages = fmt.convert(record.value, options, at)
+    if messages is None or len(findings) > before:
+        return None
+    # Rules run before the system prompt is added, so indices in findings match the file.
+    for rule in CONVERSATION_RULES:
+        for field_name, message, rule_name in rule(messages):
+            at.add(fmt.file_field(field_name), message, rule_name)
+    if len(findings) > before:
+        return None
+    if options.system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": options.system_prompt})
+    return Example(messages, record.line, str(path))
+
+
+def read_with_findings(path: str | Path, options: ReadOptions | None = None
+                       ) -> tuple[list[Example], list[Finding]]:
+    """Every valid example and a finding for every invalid record; raises only when the file
+    cannot be opened at all."""
+    path = Path(path)
+    options = options or ReadOptions()
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    findings: list[Finding] = []
+    records, columns = container_for(path, options.input_format)(path, findings)
+    if not records:
+        if not findings:
+            findings.append(bad(path, None, "file is empty (expected one example per line)",
+                                 "empty_file"))
+        return [], findings
+    first = next((r for r in records if isinstance(r.value, dict)), records[0])
+    keys = columns if columns is not None else (first.value if isinstance(first.value, dict)
+                                                else {})
+    name = _detect_record_format(keys, options)
+    if name is None:
+        return [], [*findings, _unknown_format(path, None if columns else first.line, keys)]
+    if columns is not None and (missing := list(_missing_columns(path, columns, name, options))):
+        return [], findings + missing
+    fmt = RECORD_FORMATS[name]
+    examples = [ex for r in records if (ex := _convert(r, fmt, options, path, findings))]
+    findings.sort(key=lambda f: (f.line or 0))
+    return examples, findings
+
+
+def read_examples(path: str | Path, options: ReadOptions | None = None) -> list[Example]:
+    """Read any supported file into examples; raise DataError listing every invalid record."""
+    examples, findings = read_with_findings(path, options)
+    if any(f.severity == "error" for f in findings):
+        raise DataError(findings)
+    return examples
+
+
+# -- writing -------------------------------------------------------------------------------
+RecordWriter = Callable[[Example, "str | None"], dict[str, str] | dict[str, Any]]
+WRITERS: dict[str, RecordWriter] = {}
+
+
+def register_writer(name: str) -> Callable[[RecordWriter], RecordWriter]:
+    def decorator(fn: RecordWriter) -> RecordWriter:
+        WRITERS[name] = fn
+        return fn
+
+    return decorator
+
+
+class _CannotWrite(Exception):
+    """One example that the chosen output format cannot hold; becomes a Finding."""
+
+
+@register_writer("messages")
+def _to_messages(example: Example, template: str | None) -> dict[str, Any]:
+    return {"messages": [{"role": m["role"], "content": m["content"]} for m in example.messages]}
+
+
+@register_writer("prompt_response")
+def _to_prompt_response(example: Example, template: str | None) -> dict[str, str]:
+    if not example.is_single_turn():
+        raise _CannotWrite(f"has {len(example.turns())} turns; prompt_response holds one user "
+                           "and one assistant message (write messages instead)")
+    return {"prompt": example.prompt, "response": example.response}
+
+
+@register_writer("text")
+def _to_text(example: Example, template: str | None) -> dict[str, str]:
+    from slmforge.data.templates import TemplateError, render_text
+
+    try:
+        return {"text": render_text(example, template or "")}
+    except TemplateError as exc:
+        raise _CannotWrite(str(exc)) from None
+
+
+def write_examples(examples: list[Example], path: str | Path, fmt: str = "messages",
+                   text_template: str | None = None, force: bool = False) -> Path:
+    """Write examples as jsonl in `fmt`, atomically; every example that `fmt` cannot hold is
+    reported (with its source line) before anything is written."""
+    from slmforge.data.templates import check_template
+
+    if fmt not in WRITERS:
+        raise InputError(f"unknown output format '{fmt}' (expected one of {', '.join(WRITERS)})")
+    if fmt == "text":
+        check_template(text_template)
+    writer = WRITERS[fmt]
+    lines, findings = [], []
+    for example in examples:
+        try:
+            lines.append(json.dumps(writer(example, text_template), ensure_ascii=False))
+        except _CannotWrite as exc:
+            findings.append(Finding(example.source, example.line, "messages", str(exc), "error",
+                                    f"cannot_write_{fmt}"))
+    if findings:
+        raise DataError(findings)
+    if fmt == "prompt_response" and (dropped := sum(e.system is not None for e in examples)):
+        progress.warn(f"prompt_response has no system field: dropped the system message of "
+                      f"{dropped} examples")
+    final = Path(path)
+    with atomic_file(final, force=force) as temp:
+        temp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return final
+
+
+def run_convert(config: ConvertConfig) -> tuple[Path, int]:
+    """`slmforge data convert`: read any format, write one; returns the path and the count."""
+    from slmforge.data.templates import check_template
+
+    fmt = config.output_format
+    if config.text_template is not None:
+        if "output_format" in config.model_fields_set and fmt != "text":
+            raise ConfigError(f"--text-template renders text; it cannot be used with "
+                              f"--output-format {fmt}")
+        fmt = "text"
+    if fmt == "text":
+        check_template(config.text_template)
+    check_output(config.out, config.force)
+    options = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
+    examples = read_examples(config.input, options)
+    return write_examples(examples, config.out, fmt, config.text_template, config.force), len(
+        examples)

@@ -1,0 +1,94 @@
+"""Deterministic, leak-free train/validation/test splits.
+
+Examples are grouped by normalized prompt before shuffling, and whole groups are assigned to a
+part, so a prompt asked twice can never be in training and in validation at once (that would
+make validation loss look better than the model is).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from slmforge import progress
+from slmforge.artifacts import artifact, source_of
+from slmforge.config.data import ReadOptions, SplitConfig
+from slmforge.data.formats import Example, read_examples, write_examples
+from slmforge.errors import ConfigError, InputError
+
+PARTS = ("train", "validation", "test")
+
+
+def part_size(name: str, value: float, total: int) -> int:
+    """A ratio (< 1) of `total` or an absolute count (>= 1), checked to be usable."""
+    if value == 0:
+        return 0
+    if value >= 1:
+        if value != int(value):
+            raise ConfigError(f"--{name}: a count must be a whole number, got {value}")
+        return int(value)
+    size = round(value * total)
+    if size == 0:
+        raise ConfigError(f"--{name} {value} of {total} examples gives an empty {name} part; "
+                          "use a larger ratio or a count")
+    return size
+
+
+def _groups(examples: list[Example]) -> list[list[Example]]:
+    grouped: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        grouped[example.prompt_key()].append(example)
+    return list(grouped.values())
+
+
+def split_examples(examples: list[Example], validation: float = 0.1, test: float = 0.0,
+                   seed: int = 42) -> dict[str, list[Example]]:
+    """Split into train/validation/test; same input and seed give the same parts.
+
+    Parts are filled with whole prompt groups, so their sizes can exceed the request by the size
+    of the last group taken."""
+    total = len(examples)
+    if total < 2:
+        raise InputError(f"{total} examples are too few to split (need at least 2)")
+    wanted = {"test": part_size("test", test, total),
+              "validation": part_size("validation", validation, total)}
+    if sum(wanted.values()) >= total:
+        raise ConfigError(f"validation {wanted['validation']} + test {wanted['test']} examples "
+                          f"leave nothing to train on out of {total}")
+    groups = _groups(examples)
+    random.Random(seed).shuffle(groups)
+    parts: dict[str, list[Example]] = {name: [] for name in PARTS}
+    queue = iter(groups)
+    for name in ("test", "validation"):
+        while len(parts[name]) < wanted[name] and (group := next(queue, None)) is not None:
+            parts[name].extend(group)
+    for group in queue:
+        parts["train"].extend(group)
+    for name, size in wanted.items():
+        if size and not parts[name]:
+            raise InputError(f"no prompts are left for the {name} part; use fewer {name} examples")
+    if not parts["train"]:
+        raise InputError(f"all {total} examples share {len(groups)} prompts; nothing is left to "
+                         "train on after keeping repeated prompts together")
+    return parts
+
+
+def run_split(config: SplitConfig) -> dict[str, Path]:
+    """`slmforge data split`: read, split and write the non-empty parts into `out_dir`, all at
+    once (a temp folder renamed into place), with a manifest of the counts and seed."""
+    options = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
+    examples = read_examples(config.input, options)
+    parts = split_examples(examples, config.validation, config.test, config.seed)
+    written: dict[str, Path] = {}
+    with artifact(config.out_dir, "data_split", force=config.force) as art:
+        for name, part in parts.items():
+            if part:
+                write_examples(part, art.path / f"{name}.jsonl", "messages")
+                written[name] = config.out_dir / f"{name}.jsonl"
+        art.manifest.source["data"] = source_of(config.input, kind="data")
+        art.manifest.config = config.model_dump(mode="json")
+        art.manifest.metrics = {f"{name}_examples": len(p) for name, p in parts.items()}
+    counts = ", ".join(f"{name} {len(p)}" for name, p in parts.items() if p)
+    progress.info(f"split {len(examples)} examples into {counts}")
+    return written

@@ -1,0 +1,136 @@
+"""Describe a data set: sizes, turns, characters, token lengths and repeated prompts.
+
+Token lengths are what matter for `max_seq_len` in fine-tuning, so they are counted on the text
+the model will actually see: the tokenizer's chat template rendering when it has one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from slmforge.data.formats import Example
+from slmforge.errors import MissingDependencyError, ModelError
+
+PERCENTILES = (50, 90, 95, 99)
+HISTOGRAM_BUCKETS = 10
+_BATCH = 1024
+
+
+def load_tokenizer(name: str) -> Any:
+    """A Hugging Face tokenizer from a local folder or hub id; remote code is never run."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise MissingDependencyError("transformers", "train", "Counting tokens") from None
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a tokenizer from '{name}': {exc}") from None
+
+
+def _rendering(example: Example, tokenizer: Any) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(example.messages, tokenize=False)
+    return "\n".join(m["content"] for m in example.messages)
+
+
+def token_lengths(examples: Sequence[Example], tokenizer: Any) -> list[int]:
+    """Token count of each example, in batches because the fast tokenizers encode in parallel."""
+    lengths: list[int] = []
+    for start in range(0, len(examples), _BATCH):
+        texts = [_rendering(e, tokenizer) for e in examples[start:start + _BATCH]]
+        # The chat template already holds the special tokens; don't add a second BOS.
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        lengths.extend(len(ids) for ids in encoded)
+    return lengths
+
+
+@dataclass
+class Summary:
+    min: float
+    mean: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[int]) -> Summary:
+        if not values:
+            return cls(0, 0.0, 0)
+        return cls(min(values), round(sum(values) / len(values), 2), max(values))
+
+
+@dataclass
+class Bucket:
+    low: int  # inclusive
+    high: int  # inclusive
+    count: int
+
+
+@dataclass
+class TokenStats:
+    percentiles: dict[str, int]
+    max: int
+    mean: float
+    histogram: list[Bucket]
+
+
+@dataclass
+class DataStats:
+    examples: int
+    turns: Summary
+    characters: Summary
+    repeated_prompts: int  # examples whose prompt already appeared earlier in the file
+    system_messages: int
+    tokens: TokenStats | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(sorted_values: Sequence[int], pct: float) -> int:
+    """Nearest-rank percentile: a value that really occurs, which reads better for lengths."""
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def histogram(values: Sequence[int], buckets: int = HISTOGRAM_BUCKETS) -> list[Bucket]:
+    """Equal-width integer buckets from 0 to the max value."""
+    if not values:
+        return []
+    top = max(values)
+    width = max(1, math.ceil((top + 1) / buckets))
+    counts = Counter(v // width for v in values)
+    count = math.ceil((top + 1) / width)
+    return [Bucket(i * width, (i + 1) * width - 1, counts.get(i, 0)) for i in range(count)]
+
+
+def token_stats(lengths: Sequence[int]) -> TokenStats:
+    ordered = sorted(lengths)
+    return TokenStats(
+        percentiles={f"p{p}": percentile(ordered, p) for p in PERCENTILES},
+        max=ordered[-1],
+        mean=round(sum(ordered) / len(ordered), 2),
+        histogram=histogram(ordered),
+    )
+
+
+def repeated_prompt_count(examples: Sequence[Example]) -> int:
+    counts = Counter(e.prompt_key() for e in examples)
+    return sum(n - 1 for n in counts.values())
+
+
+def compute_stats(examples: Sequence[Example], tokenizer: Any | None = None) -> DataStats:
+    """Stats of `examples`; token stats only when a tokenizer is given."""
+    stats = DataStats(
+        examples=len(examples),
+        turns=Summary.of([len(e.turns()) for e in examples]),
+        characters=Summary.of([sum(len(m["content"]) for m in e.messages) for e in examples]),
+        repeated_prompts=repeated_prompt_count(examples),
+        system_messages=sum(e.system is not None for e in examples),
+    )
+    if tokenizer is not None and examples:
+        stats.tokens = token_stats(token_lengths(examples, tokenizer))
+    return stats

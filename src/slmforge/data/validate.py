@@ -1,0 +1,230 @@
+"""Check data files before training: every problem with its file, line, field and what was
+expected.
+
+Record-level errors (bad JSON, bytes that are not UTF-8, missing or empty fields, unknown roles,
+wrong role order, no final assistant turn) come from reading, see `formats.py`. The rules here
+look at whole files and give warnings: the data can be trained on, but probably should not be
+as it is. Rules register by name in `DATASET_RULES`; adding one is one function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmforge.artifacts import atomic_file, check_output
+from slmforge.config.data import ReadOptions, ValidateConfig
+from slmforge.data.formats import Example, read_with_findings, write_examples
+from slmforge.errors import ConfigError, DataError, Finding
+
+_MAX_LINES_SHOWN = 10
+
+
+@dataclass
+class RuleContext:
+    """What the dataset rules see: the valid examples of each file, in the order given."""
+
+    examples: dict[str, list[Example]]
+    max_seq_len: int
+    min_examples: int
+    tokenizer: Any | None = None
+    _keys: dict[str, list[str]] = field(default_factory=dict)
+
+    def prompt_keys(self, file: str) -> list[str]:
+        if file not in self._keys:
+            self._keys[file] = [e.prompt_key() for e in self.examples[file]]
+        return self._keys[file]
+
+
+DatasetRule = Callable[[RuleContext], Iterable[Finding]]
+DATASET_RULES: dict[str, DatasetRule] = {}
+
+
+def dataset_rule(name: str) -> Callable[[DatasetRule], DatasetRule]:
+    def decorator(fn: DatasetRule) -> DatasetRule:
+        DATASET_RULES[name] = fn
+        return fn
+
+    return decorator
+
+
+def _line_list(examples: Sequence[Example]) -> str:
+    shown = ", ".join(str(e.line) for e in examples[:_MAX_LINES_SHOWN])
+    hidden = len(examples) - _MAX_LINES_SHOWN
+    return shown + (f" (+{hidden} more)" if hidden > 0 else "")
+
+
+def _warning(example: Example, field_name: str | None, message: str, rule: str) -> Finding:
+    return Finding(example.source, example.line, field_name, message, "warning", rule)
+
+
+def _repeats(keys: Iterable[Any], examples: list[Example]) -> list[list[Example]]:
+    """Groups of examples sharing a key, in order of first appearance."""
+    grouped: dict[Any, list[Example]] = defaultdict(list)
+    for key, example in zip(keys, examples, strict=True):
+        grouped[key].append(example)
+    return [group for group in grouped.values() if len(group) > 1]
+
+
+def _exact(example: Example) -> tuple[tuple[str, str], ...]:
+    return tuple((m["role"], m["content"]) for m in example.messages)
+
+
+@dataset_rule("identical_pair")
+def identical_pairs(ctx: RuleContext) -> Iterable[Finding]:
+    """The same example more than once: it weighs double in training."""
+    for examples in ctx.examples.values():
+        for group in _repeats(map(_exact, examples), examples):
+            yield _warning(group[0], None, f"identical examples on lines {_line_list(group)}",
+                           "identical_pair")
+
+
+@dataset_rule("repeated_prompt")
+def repeated_prompts(ctx: RuleContext) -> Iterable[Finding]:
+    """The same prompt with different answers: the model is taught two things at once."""
+    for file, examples in ctx.examples.items():
+        for group in _repeats(ctx.prompt_keys(file), examples):
+            if len({_exact(e) for e in group}) > 1:
+                yield _warning(group[0], "prompt", "the same prompt with different answers on "
+                               f"lines {_line_list(group)}", "repeated_prompt")
+
+
+@dataset_rule("too_long")
+def too_long(ctx: RuleContext) -> Iterable[Finding]:
+    """Examples the trainer would truncate, cutting off (part of) the answer."""
+    if ctx.tokenizer is None:
+        return
+    from slmforge.data.stats import token_lengths
+
+    for examples in ctx.examples.values():
+        for example, length in zip(examples, token_lengths(examples, ctx.tokenizer), strict=True):
+            if length > ctx.max_seq_len:
+                yield _warning(example, None, f"{length} tokens, longer than --max-seq-len "
+                               f"{ctx.max_seq_len} (training would truncate it)", "too_long")
+
+
+@dataset_rule("few_examples")
+def few_examples(ctx: RuleContext) -> Iterable[Finding]:
+    for file, examples in ctx.examples.items():
+        if 0 < len(examples) < ctx.min_examples:
+            yield Finding(file, None, None, f"only {len(examples)} examples (fewer than "
+                          f"--min-examples {ctx.min_examples})", "warning", "few_examples")
+
+
+@dataset_rule("split_overlap")
+def split_overlap(ctx: RuleContext) -> Iterable[Finding]:
+    """A validation prompt that is also in training makes validation scores meaningless."""
+    files = list(ctx.examples)
+    for index, file in enumerate(files[1:], start=1):
+        earlier: dict[str, Example] = {}
+        for previous in files[:index]:
+            for key, example in zip(ctx.prompt_keys(previous), ctx.examples[previous],
+                                    strict=True):
+                earlier.setdefault(key, example)
+        for key, example in zip(ctx.prompt_keys(file), ctx.examples[file], strict=True):
+            if (seen := earlier.get(key)) is not None:
+                yield _warning(example, "prompt", f"prompt also in {seen.source} line "
+                               f"{seen.line} (overlap between files)", "split_overlap")
+
+
+@dataclass
+class ValidationReport:
+    """All findings of a validation, and how many valid examples each file holds."""
+
+    findings: list[Finding]
+    examples: dict[str, int]
+    dropped_lines: list[int] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per file: valid examples, errors and warnings."""
+        table = {file: {"examples": n, "errors": 0, "warnings": 0}
+                 for file, n in self.examples.items()}
+        for finding in self.findings:
+            row = table.setdefault(finding.file, {"examples": 0, "errors": 0, "warnings": 0})
+            row["errors" if finding.severity == "error" else "warnings"] += 1
+        return table
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "files": self.counts(), "dropped_lines": self.dropped_lines,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+def validate_files(files: Sequence[str | Path], options: ReadOptions | None = None, *,
+                   tokenizer: Any | None = None, max_seq_len: int = 2048,
+                   min_examples: int = 10) -> tuple[ValidationReport, dict[str, list[Example]]]:
+    """Read and check `files` (train first); `tokenizer` is a loaded tokenizer or a name.
+
+    Returns the report and the valid examples of each file."""
+    if isinstance(tokenizer, str):
+        from slmforge.data.stats import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    findings: list[Finding] = []
+    examples: dict[str, list[Example]] = {}
+    for path in files:
+        valid, problems = read_with_findings(path, options)
+        examples[str(path)] = valid
+        findings.extend(problems)
+    ctx = RuleContext(examples, max_seq_len, min_examples, tokenizer)
+    for rule in DATASET_RULES.values():
+        findings.extend(rule(ctx))
+    order = {file: i for i, file in enumerate(examples)}
+    findings.sort(key=lambda f: (order.get(f.file, len(order)), f.line or 0))
+    return ValidationReport(findings, {k: len(v) for k, v in examples.items()}), examples
+
+
+def _check_outputs(config: ValidateConfig) -> None:
+    """Impossible combinations and existing outputs fail before any file is read."""
+    if config.drop_invalid and config.out is None:
+        raise ConfigError("--drop-invalid needs --out FILE for the clean copy")
+    if config.out is not None and not config.drop_invalid:
+        raise ConfigError("--out is only used with --drop-invalid")
+    if config.drop_invalid and len(config.files) != 1:
+        raise ConfigError("--drop-invalid works on one file at a time")
+    for output in (config.report, config.out):
+        if output is not None:
+            check_output(output, config.force)
+
+
+def write_report(report: ValidationReport, path: Path, force: bool) -> Path:
+    with atomic_file(path, force=force) as temp:
+        temp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def run_validate(config: ValidateConfig) -> ValidationReport:
+    """`slmforge data validate`: check, write the report, and the clean copy if asked.
+
+    With errors and no --drop-invalid, only the report is written and DataError is left to the
+    caller (it renders every finding first). With --drop-invalid the invalid records are left
+    out of the copy and listed in `report.dropped_lines`."""
+    _check_outputs(config)
+    read = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
+    report, examples = validate_files(config.files, read, tokenizer=config.tokenizer,
+                                      max_seq_len=config.max_seq_len,
+                                      min_examples=config.min_examples)
+    if config.report is not None:
+        write_report(report, config.report, config.force)
+    if config.drop_invalid and config.out is not None:
+        valid = examples[str(config.files[0])]
+        if not valid:
+            raise DataError(report.errors, summary=f"{config.files[0]}: no valid examples to keep")
+        report.dropped_lines = sorted({f.line for f in report.errors if f.line is not None})
+        write_examples(valid, config.out, config.output_format, force=config.force)
+    return report

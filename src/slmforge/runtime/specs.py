@@ -1,0 +1,132 @@
+"""Engine specs as users type them, and the engines they name.
+
+```
+openai:MODEL@BASE_URL     any OpenAI-compatible endpoint (openai:travel@http://127.0.0.1:8000/v1)
+openai:MODEL              base URL from OPENAI_BASE_URL, else the OpenAI API
+PATH_OR_HUB_ID            a local model folder or hub id, run with PyTorch
+PATH+ADAPTER_DIR          a base model plus one LoRA adapter, selected for every request
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from slmforge.errors import InputError
+from slmforge.runtime.engine import Engine, GenParams, Message
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_ADAPTER = "default"
+_FORMS = "use openai:MODEL@BASE_URL, openai:MODEL, a model folder or hub id, or PATH+ADAPTER_DIR"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]+):")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """A parsed spec: `kind` "openai" (model + base_url) or "local" (model path + adapter)."""
+
+    kind: Literal["openai", "local"]
+    model: str
+    base_url: str | None = None
+    adapter: str | None = None
+
+
+def parse_engine_spec(spec: str, env: Mapping[str, str] | None = None) -> EngineSpec:
+    """Parse what a user typed; `env` (default `os.environ`) supplies OPENAI_BASE_URL."""
+    env = os.environ if env is None else env
+    text = spec.strip()
+    if not text:
+        raise InputError(f"empty engine spec; {_FORMS}")
+    if text.startswith("openai:"):
+        return _parse_openai(spec, text.removeprefix("openai:"), env)
+    if Path(text).exists():
+        return EngineSpec(kind="local", model=text)
+    scheme = _SCHEME.match(text)
+    if scheme and scheme.group(1) in ("http", "https"):
+        raise InputError(f"engine spec {spec!r} is a URL; did you mean openai:MODEL@{text}?")
+    if scheme:
+        raise InputError(f"unknown engine kind {scheme.group(1)!r} in {spec!r}; {_FORMS}")
+    return _parse_local(spec, text)
+
+
+def _parse_openai(spec: str, rest: str, env: Mapping[str, str]) -> EngineSpec:
+    model, at, url = rest.partition("@")
+    model = model.strip()
+    if not model:
+        raise InputError(f"engine spec {spec!r} names no model; e.g. openai:gpt-4o-mini")
+    if not at:
+        url = env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
+    url = url.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url) or any(c.isspace() for c in url):
+        raise InputError(
+            f"engine spec {spec!r}: base URL {url!r} must start with http:// or https://, "
+            "e.g. openai:travel@http://127.0.0.1:8000/v1"
+        )
+    return EngineSpec(kind="openai", model=model, base_url=url)
+
+
+def _parse_local(spec: str, text: str) -> EngineSpec:
+    if "+" not in text:
+        return EngineSpec(kind="local", model=text)
+    # the whole spec was not an existing path, so the last "+" separates base and adapter
+    base, _, adapter = text.rpartition("+")
+    if not base.strip() or not adapter.strip():
+        raise InputError(f"engine spec {spec!r}: expected PATH+ADAPTER_DIR with both parts")
+    return EngineSpec(kind="local", model=base.strip(), adapter=adapter.strip())
+
+
+class AdapterSelected:
+    """An engine that uses `adapter` for requests that name none (for PATH+ADAPTER_DIR)."""
+
+    def __init__(self, engine: Any, adapter: str) -> None:
+        self.engine = engine
+        self.adapter = adapter
+        self.name = f"{engine.name}+{adapter}"
+
+    def chat(
+        self, messages: list[Message], params: GenParams, adapter: str | None = None
+    ) -> Iterator[Any]:
+        return self.engine.chat(messages, params, adapter or self.adapter)
+
+    def adapters(self) -> list[str]:
+        return self.engine.adapters()
+
+
+def load_engine(
+    spec: str | EngineSpec,
+    *,
+    api_key: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout_s: float = 60.0,
+    max_retries: int = 5,
+    **local_options: Any,
+) -> Engine:
+    """Build the engine a spec names. Remote options apply to openai: specs; `local_options`
+    go to `TorchEngine` for local models."""
+    parsed = parse_engine_spec(spec) if isinstance(spec, str) else spec
+    if parsed.kind == "openai":
+        from slmforge.runtime.remote import RemoteEngine
+
+        base_url = parsed.base_url or OPENAI_DEFAULT_BASE_URL
+        return RemoteEngine(
+            parsed.model,
+            base_url,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+        )
+    # imported here so remote use never pays for (or needs) torch
+    from slmforge.runtime.torch_engine import TorchEngine
+
+    if parsed.adapter is None:
+        return TorchEngine(parsed.model, **local_options)
+    if not Path(parsed.adapter).is_dir():
+        raise InputError(f"adapter folder not found: {parsed.adapter}")
+    engine = TorchEngine(parsed.model, adapters={DEFAULT_ADAPTER: parsed.adapter}, **local_options)
+    return AdapterSelected(engine, DEFAULT_ADAPTER)

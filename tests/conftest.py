@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny pretrained models of each architecture, built once per code version.
+
+The models live in `<repo>/.cache/test-models/<key>/<arch>`, where the key hashes everything
+that changes what `build` writes (slmforge version, the builder's code, the Python version
+whose docstrings form the corpus, the build parameters). pytest-xdist workers share them: an
+exclusive file lock per architecture makes one worker build while the others wait, and a folder
+that exists is complete because `build` writes it atomically.
+"""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import hashlib
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import slmforge
+from slmforge.artifacts import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHES = ("llama", "qwen2", "phi3", "mistral")
+BUILD_PARAMS = {"size": "tiny", "seed": 0, "pretrain_steps": None}  # None: the default steps
+_SOURCES = ("models/tiny.py", "models/corpus.py", "data/sample.py")
+
+
+def _cache_key() -> str:
+    from slmforge.models.chat import FORMATS
+
+    digest = hashlib.sha256()
+    digest.update(f"{slmforge.__version__} {sys.version_info[:2]} {BUILD_PARAMS}".encode())
+    digest.update(repr(sorted(FORMATS.items())).encode())  # the templates, not chat.py's code
+    package = Path(slmforge.__file__).parent
+    for name in _SOURCES:
+        # The syntax tree, not the text: comments and formatting do not change a build.
+        digest.update(ast.dump(ast.parse((package / name).read_text(encoding="utf-8"))).encode())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_cached(arch: str) -> Path:
+    """The tiny `arch` model of this code version, built on first use."""
+    from slmforge.models.tiny import build
+
+    root = REPO / ".cache" / "test-models" / _cache_key()
+    folder = root / arch
+    with _locked(root / f"{arch}.lock"):
+        if read_manifest(folder) is None:
+            build(arch, folder, force=True, **BUILD_PARAMS)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[[str], Path]:
+    """`tiny_model("qwen2")` -> folder of a pretrained tiny Qwen2 (built once, then reused)."""
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_cached(arch)
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_model: Callable[[str], Path]) -> dict[str, Path]:
+    """All four tiny models by architecture."""
+    return {arch: tiny_model(arch) for arch in ARCHES}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model: Callable[[str], Path]) -> Path:
+    return tiny_model("llama")
