@@ -83,7 +83,9 @@ def read_manifest(folder: str | Path) -> Manifest | None:
     try:
         return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise InputError(f"{path}: not a valid slmforge manifest ({exc.__class__.__name__})") from exc
+        raise InputError(
+            f"{path}: not a valid slmforge manifest ({exc.__class__.__name__})"
+        ) from exc
 
 
 def check_output(path: str | Path, force: bool) -> Path:

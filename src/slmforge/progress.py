@@ -64,7 +64,7 @@ class Reporter:
     """Renders log lines and tasks in one of the three formats."""
 
     def __init__(self, fmt: LogFormat = "auto", stream: TextIO | None = None, quiet: bool = False):
-        self.stream = stream or sys.stderr
+        self._stream = stream
         if fmt == "auto":
             fmt = "rich" if self.stream.isatty() else "plain"
         self.format: LogFormat = fmt
@@ -74,7 +74,12 @@ class Reporter:
         if fmt == "rich":
             from rich.console import Console
 
-            self._console = Console(file=self.stream)
+            self._console = Console(file=stream) if stream else Console(stderr=True)
+
+    @property
+    def stream(self) -> TextIO:
+        """The given stream, or whatever sys.stderr is now (it may be replaced after start-up)."""
+        return self._stream or sys.stderr
 
     # -- log lines ---------------------------------------------------------------------------
     def info(self, message: str, **fields: Any) -> None:
@@ -90,7 +95,9 @@ class Reporter:
         elif self.format == "rich":
             style = "yellow" if level == "warning" else "dim"
             prefix = "warning: " if level == "warning" else ""
-            self._console.print(f"[{style}]{prefix}[/{style}]{message}", highlight=False, markup=False)
+            self._console.print(
+                f"[{style}]{prefix}[/{style}]{message}", highlight=False, markup=False
+            )
         else:
             prefix = "warning: " if level == "warning" else ""
             print(f"{prefix}{message}", file=self.stream, flush=True)
@@ -155,7 +162,9 @@ class Reporter:
         else:
             elapsed = time.monotonic() - task.started
             metrics = _format_metrics(task.metrics)
-            print(f"{task.description}: done in {elapsed:.1f}s {metrics}".rstrip(), file=self.stream)
+            print(
+                f"{task.description}: done in {elapsed:.1f}s {metrics}".rstrip(), file=self.stream
+            )
 
 
 def _task_event(event: str, task: Task) -> dict[str, Any]:
@@ -205,7 +214,9 @@ def _make_rich_progress(console: Any) -> Any:
 _reporter = Reporter("plain")
 
 
-def configure(fmt: LogFormat = "auto", quiet: bool = False, stream: TextIO | None = None) -> Reporter:
+def configure(
+    fmt: LogFormat = "auto", quiet: bool = False, stream: TextIO | None = None
+) -> Reporter:
     """Set the process-wide reporter (the CLI calls this once, from its global options)."""
     global _reporter
     _reporter = Reporter(fmt, stream=stream, quiet=quiet)

@@ -51,11 +51,22 @@ def test_sample_validates_clean(sample: Path, capsys) -> None:
 
 def test_validate_prints_every_finding_and_exits_2(tmp_path: Path, capsys) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", '
-                    '"content": "b"}]}\n{"messages": []\n'
-                    '{"messages": [{"role": "assistant", "content": "x"}]}\n', encoding="utf-8")
-    code, out, err = run(capsys, "data", "validate", str(path), "--report",
-                         str(tmp_path / "r.json"), "--min-examples", "0")
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", '
+        '"content": "b"}]}\n{"messages": []\n'
+        '{"messages": [{"role": "assistant", "content": "x"}]}\n',
+        encoding="utf-8",
+    )
+    code, out, err = run(
+        capsys,
+        "data",
+        "validate",
+        str(path),
+        "--report",
+        str(tmp_path / "r.json"),
+        "--min-examples",
+        "0",
+    )
     assert code == 2
     assert f"{path}:2: error: invalid JSON: Expecting ',' delimiter at column 16" in out
     assert f"{path}:3 [messages[0].role]: error: expected a user message here" in out
@@ -76,8 +87,19 @@ def test_validate_with_tokenizer_and_two_files(tmp_path: Path, capsys) -> None:
     tokenizer = word_tokenizer(tmp_path / "tok")
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a b c d e f", "response": "g"}])
     valid = write_jsonl(tmp_path / "valid.jsonl", [{"prompt": "A  b c d e f", "response": "h"}])
-    code, out, _ = run(capsys, "data", "validate", str(train), str(valid), "--tokenizer",
-                       str(tokenizer), "--max-seq-len", "8", "--min-examples", "0")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "validate",
+        str(train),
+        str(valid),
+        "--tokenizer",
+        str(tokenizer),
+        "--max-seq-len",
+        "8",
+        "--min-examples",
+        "0",
+    )
     assert code == 0
     assert f"{train}:1: warning: 11 tokens, longer than --max-seq-len 8" in out
     assert f"{valid}:1 [prompt]: warning: prompt also in {train} line 1" in out
@@ -85,44 +107,96 @@ def test_validate_with_tokenizer_and_two_files(tmp_path: Path, capsys) -> None:
 
 def test_validate_drop_invalid_writes_clean_copy(tmp_path: Path, capsys) -> None:
     path = tmp_path / "d.jsonl"
-    path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": 1, "response": "b"}\n',
-                    encoding="utf-8")
+    path.write_text(
+        '{"prompt": "a", "response": "b"}\n{"prompt": 1, "response": "b"}\n', encoding="utf-8"
+    )
     clean = tmp_path / "clean.jsonl"
-    code, out, _ = run(capsys, "data", "validate", str(path), "--drop-invalid", "--out",
-                       str(clean), "--output-format", "prompt_response", "--min-examples", "0")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "validate",
+        str(path),
+        "--drop-invalid",
+        "--out",
+        str(clean),
+        "--output-format",
+        "prompt_response",
+        "--min-examples",
+        "0",
+    )
     assert code == 0
     assert "dropped 1 invalid records (lines: 2); wrote 1 examples" in out
     assert _rows(clean) == [{"prompt": "a", "response": "b"}]
-    code, _, err = run(capsys, "data", "validate", str(path), "--drop-invalid", "--out",
-                       str(clean))
+    code, _, err = run(capsys, "data", "validate", str(path), "--drop-invalid", "--out", str(clean))
     assert code == 2 and "already exists; pass --force" in err
 
 
 def test_convert_round_trip_and_text(sample: Path, tmp_path: Path, capsys) -> None:
     messages, back, text = (tmp_path / n for n in ("m.jsonl", "back.jsonl", "t.jsonl"))
-    assert run(capsys, "data", "convert", str(sample), "--out", str(messages),
-               "--system-prompt", "You are a travel assistant.")[0] == 0
+    assert (
+        run(
+            capsys,
+            "data",
+            "convert",
+            str(sample),
+            "--out",
+            str(messages),
+            "--system-prompt",
+            "You are a travel assistant.",
+        )[0]
+        == 0
+    )
     assert _rows(messages)[0]["messages"][0]["role"] == "system"
-    assert run(capsys, "data", "convert", str(messages), "--out", str(back),
-               "--output-format", "prompt_response")[0] == 0
+    assert (
+        run(
+            capsys,
+            "data",
+            "convert",
+            str(messages),
+            "--out",
+            str(back),
+            "--output-format",
+            "prompt_response",
+        )[0]
+        == 0
+    )
     assert back.read_bytes() == sample.read_bytes()
-    code, out, _ = run(capsys, "data", "convert", str(sample), "--out", str(text),
-                       "--text-template", r"<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "convert",
+        str(sample),
+        "--out",
+        str(text),
+        "--text-template",
+        r"<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}",
+    )
     assert code == 0 and "wrote 200 examples" in out
     assert _rows(text)[0]["text"].startswith("<|user|>\nWhat's a must-see in Lisbon?<|end|>\n")
 
 
 def test_convert_failures_leave_nothing_behind(tmp_path: Path, capsys) -> None:
-    turns = [{"role": role, "content": text} for role, text in
-             (("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))]
+    turns = [
+        {"role": role, "content": text}
+        for role, text in (("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))
+    ]
     multi = [{"messages": turns}]
     source = write_jsonl(tmp_path / "multi.jsonl", multi)
     out = tmp_path / "out.jsonl"
-    code, _, err = run(capsys, "data", "convert", str(source), "--out", str(out),
-                       "--output-format", "prompt_response")
+    code, _, err = run(
+        capsys,
+        "data",
+        "convert",
+        str(source),
+        "--out",
+        str(out),
+        "--output-format",
+        "prompt_response",
+    )
     assert code == 2 and f"error: {source}:1 [messages]: has 4 turns" in err
-    code, _, err = run(capsys, "data", "convert", str(source), "--out", str(out),
-                       "--text-template", "{prompt}")
+    code, _, err = run(
+        capsys, "data", "convert", str(source), "--out", str(out), "--text-template", "{prompt}"
+    )
     assert code == 2 and "--text-template must contain {response}" in err
     assert not out.exists() and _leftovers(tmp_path) == []
 
@@ -140,30 +214,78 @@ def test_convert_csv_with_field_mapping(tmp_path: Path, capsys) -> None:
     source = tmp_path / "d.csv"
     source.write_text("q,a\nWhere?,Here.\n", encoding="utf-8")
     out = tmp_path / "o.jsonl"
-    code, _, _ = run(capsys, "data", "convert", str(source), "--out", str(out), "--prompt-field",
-                     "q", "--response-field", "a", "--output-format", "prompt_response")
+    code, _, _ = run(
+        capsys,
+        "data",
+        "convert",
+        str(source),
+        "--out",
+        str(out),
+        "--prompt-field",
+        "q",
+        "--response-field",
+        "a",
+        "--output-format",
+        "prompt_response",
+    )
     assert code == 0 and _rows(out) == [{"prompt": "Where?", "response": "Here."}]
 
 
 def test_split_and_force(sample: Path, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "parts"
-    code, out, _ = run(capsys, "data", "split", str(sample), "--out-dir", str(out_dir),
-                       "--validation", "20", "--test", "0.1", "--seed", "7")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "split",
+        str(sample),
+        "--out-dir",
+        str(out_dir),
+        "--validation",
+        "20",
+        "--test",
+        "0.1",
+        "--seed",
+        "7",
+    )
     assert code == 0 and "validation" in out
     counts = {p.stem: len(_rows(p)) for p in out_dir.glob("*.jsonl")}
     assert counts == {"train": 160, "validation": 20, "test": 20}
     first = (out_dir / "validation.jsonl").read_bytes()
     code, _, err = run(capsys, "data", "split", str(sample), "--out-dir", str(out_dir))
     assert code == 2 and "pass --force" in err
-    assert run(capsys, "data", "split", str(sample), "--out-dir", str(out_dir), "--validation",
-               "20", "--test", "0.1", "--seed", "7", "--force")[0] == 0
+    assert (
+        run(
+            capsys,
+            "data",
+            "split",
+            str(sample),
+            "--out-dir",
+            str(out_dir),
+            "--validation",
+            "20",
+            "--test",
+            "0.1",
+            "--seed",
+            "7",
+            "--force",
+        )[0]
+        == 0
+    )
     assert (out_dir / "validation.jsonl").read_bytes() == first
 
 
 def test_split_of_bad_data_writes_nothing(tmp_path: Path, capsys) -> None:
     source = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "response": "b"}] * 3)
-    code, _, err = run(capsys, "data", "split", str(source), "--out-dir", str(tmp_path / "o"),
-                       "--validation", "0.5")
+    code, _, err = run(
+        capsys,
+        "data",
+        "split",
+        str(source),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--validation",
+        "0.5",
+    )
     assert code == 2 and "nothing is left to train on" in err
     assert not (tmp_path / "o").exists() and _leftovers(tmp_path) == []
 
@@ -179,8 +301,16 @@ def test_stats_table_and_json(sample: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_bad_option_values_exit_2(sample: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = run(capsys, "data", "convert", str(sample), "--out", str(tmp_path / "o"),
-                       "--input-format", "yaml")
+    code, _, err = run(
+        capsys,
+        "data",
+        "convert",
+        str(sample),
+        "--out",
+        str(tmp_path / "o"),
+        "--input-format",
+        "yaml",
+    )
     assert code == 2
     code, _, err = run(capsys, "data", "validate", str(sample), "--max-seq-len", "0")
     assert code == 2 and "--max-seq-len" in err
@@ -191,8 +321,13 @@ def test_installed_entry_point(sample: Path) -> None:
     script = Path(sys.executable).parent / "slmforge"
     bad = sample.parent / "bad.jsonl"
     bad.write_text("{}\n")
-    result = subprocess.run([str(script), "data", "validate", str(bad)], capture_output=True,
-                            text=True, env={**os.environ, "NO_COLOR": "1"}, timeout=60)
+    result = subprocess.run(
+        [str(script), "data", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: 1 errors in")
     assert "Traceback" not in result.stderr

@@ -24,8 +24,22 @@ def data(tmp_path) -> Path:
 
 
 def _finetune(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["finetune", "--model", str(model), "--data", str(data), "--out", str(out),
-            "--max-steps", "2", "--batch-size", "2", "--samples", "0", *extra]
+    return [
+        "finetune",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--samples",
+        "0",
+        *extra,
+    ]
 
 
 def _assert_nothing_written(tmp_path: Path, keep: set[str]) -> None:
@@ -41,7 +55,9 @@ def test_missing_data_file(tiny_llama, tmp_path, capsys):
 
 def test_data_with_errors_names_the_lines(tiny_llama, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "Hi", "response": "Hello"}\n{"prompt": "", "response": "x"}\nnot json\n')
+    bad.write_text(
+        '{"prompt": "Hi", "response": "Hello"}\n{"prompt": "", "response": "x"}\nnot json\n'
+    )
     code, err = _run(_finetune(tiny_llama, bad, tmp_path / "out"), capsys)
     assert code == 2
     assert err.count("\n") == 1 and f"{bad}:2 [prompt]" in err and "more error" in err
@@ -49,16 +65,19 @@ def test_data_with_errors_names_the_lines(tiny_llama, tmp_path, capsys):
 
 
 def test_unknown_target_modules(tiny_llama, data, tmp_path, capsys):
-    code, err = _run(_finetune(tiny_llama, data, tmp_path / "out", "--target-modules", "qkv"),
-                     capsys)
+    code, err = _run(
+        _finetune(tiny_llama, data, tmp_path / "out", "--target-modules", "qkv"), capsys
+    )
     assert code == 2
     assert "--target-modules: qkv not in this model" in err and "q_proj" in err
     _assert_nothing_written(tmp_path, {"travel.jsonl"})
 
 
 def test_qlora_on_cpu_fails_before_loading(tiny_llama, data, tmp_path, capsys):
-    code, err = _run(_finetune(tiny_llama, data, tmp_path / "out", "--method", "qlora",
-                               "--device", "cpu"), capsys)
+    code, err = _run(
+        _finetune(tiny_llama, data, tmp_path / "out", "--method", "qlora", "--device", "cpu"),
+        capsys,
+    )
     assert code == 2
     assert "--method qlora needs a CUDA GPU" in err
     _assert_nothing_written(tmp_path, {"travel.jsonl"})

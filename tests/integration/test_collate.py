@@ -21,8 +21,10 @@ CONVERSATION = [
 ]
 # What the labels must cover, per format: each answer plus its end-of-turn markers.
 TRAINED = {
-    "phi3": ["Ride tram 28 up to the castle.<|end|>",
-             "Pastel de nata in Belem.<|end|>\n<|endoftext|>"],
+    "phi3": [
+        "Ride tram 28 up to the castle.<|end|>",
+        "Pastel de nata in Belem.<|end|>\n<|endoftext|>",
+    ],
     "qwen2": ["Ride tram 28 up to the castle.<|im_end|>", "Pastel de nata in Belem.<|im_end|>"],
     "llama": ["Ride tram 28 up to the castle.<|eot_id|>", "Pastel de nata in Belem.<|eot_id|>"],
     "mistral": [" Ride tram 28 up to the castle.</s>", " Pastel de nata in Belem.</s>"],
@@ -84,15 +86,18 @@ def test_packed_examples_do_not_see_each_other(tiny_model):
     tokenizer = load_tokenizer(folder)
     model = load_causal_lm(folder)
     stops = stop_strings(tokenizer)
-    examples = [encode(tokenizer, CONVERSATION[:3], 512, stops=stops),
-                encode(tokenizer, CONVERSATION[:1] + CONVERSATION[3:], 512, stops=stops)]
+    examples = [
+        encode(tokenizer, CONVERSATION[:3], 512, stops=stops),
+        encode(tokenizer, CONVERSATION[:1] + CONVERSATION[3:], 512, stops=stops),
+    ]
     bins = pack(examples, 512)
     assert len(bins) == 1
     batch = collate(bins, pad_id=0, packed=True)
     assert "attention_mask" not in batch
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       use_cache=False).logits[0]
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits[0]
         offset = 0
         for example in bins[0]:
             alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]

@@ -31,15 +31,26 @@ def travel_split(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("travel")
     raw = write_sample(root / "travel.jsonl")
-    parts = run_split(SplitConfig(input=raw, out_dir=root / "split", validation=20, seed=3,
-                                  system_prompt=SYSTEM))
+    parts = run_split(
+        SplitConfig(input=raw, out_dir=root / "split", validation=20, seed=3, system_prompt=SYSTEM)
+    )
     return {"raw": raw, **{name: Path(path) for name, path in parts.items()}}
 
 
 def _config(model: Path, data: dict[str, Path], out: Path, **overrides) -> FinetuneConfig:
-    options = dict(model=str(model), data=data["train"], eval_data=data["validation"], out=out,
-                   max_steps=100, lr=5e-3, batch_size=8, log_every=10, samples=1,
-                   target_modules=["all-linear"], seed=11)
+    options = dict(
+        model=str(model),
+        data=data["train"],
+        eval_data=data["validation"],
+        out=out,
+        max_steps=100,
+        lr=5e-3,
+        batch_size=8,
+        log_every=10,
+        samples=1,
+        target_modules=["all-linear"],
+        seed=11,
+    )
     return FinetuneConfig(**(options | overrides))
 
 
@@ -57,7 +68,7 @@ def test_lora_learns_the_travel_data(tiny_model, travel_split, tmp_path, arch):
     assert len(manifest.details["samples"]) == 1
     assert (out / "loss.png").stat().st_size > 1000
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss" in r] == list(range(10, 101, 10))
+    assert [r["step"] for r in records if "loss" in r] == [1, *range(10, 101, 10)]
     assert not (tmp_path / "adapter.partial").exists()
     _adapter_loads_with_plain_peft_and_merges_exactly(base, out, tmp_path / "merged")
 
@@ -87,10 +98,24 @@ def test_workshop_olive_command_translates_one_to_one(tiny_model, travel_split, 
     from slmforge.cli.main import main
 
     out = tmp_path / "olive-style"
-    argv = ["-q", "finetune", "--model", str(tiny_model("phi3")), "--method", "lora",
-            "--data", str(travel_split["raw"]), "--max-steps", "100", "--batch-size", "8",
-            "--text-template", r"<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}<|end|>",
-            "--out", str(out)]
+    argv = [
+        "-q",
+        "finetune",
+        "--model",
+        str(tiny_model("phi3")),
+        "--method",
+        "lora",
+        "--data",
+        str(travel_split["raw"]),
+        "--max-steps",
+        "100",
+        "--batch-size",
+        "8",
+        "--text-template",
+        r"<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}<|end|>",
+        "--out",
+        str(out),
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 0
@@ -105,31 +130,66 @@ def test_dora_and_full_methods(tiny_model, travel_split, tmp_path):
     dora = finetune(_config(base, travel_split, tmp_path / "dora", method="dora", max_steps=20))
     config = json.loads((dora / "adapter_config.json").read_text())
     assert config["use_dora"] is True
-    full = finetune(_config(base, travel_split, tmp_path / "full", method="full", max_steps=20,
-                            lr=1e-3, target_modules=[]))
+    full = finetune(
+        _config(
+            base,
+            travel_split,
+            tmp_path / "full",
+            method="full",
+            max_steps=20,
+            lr=1e-3,
+            target_modules=[],
+        )
+    )
     manifest = read_manifest(full)
     assert manifest.kind == "model" and (full / "model.safetensors").exists()
     assert manifest.metrics["eval_loss_final"] < manifest.metrics["eval_loss_initial"]
 
 
 def test_merge_option_writes_a_merged_model(tiny_model, travel_split, tmp_path):
-    out = finetune(_config(tiny_model("llama"), travel_split, tmp_path / "a", max_steps=10,
-                           merge=True))
+    out = finetune(
+        _config(tiny_model("llama"), travel_split, tmp_path / "a", max_steps=10, merge=True)
+    )
     assert read_manifest(out / "merged").kind == "model"
     assert (out / "merged" / "model.safetensors").exists()
 
 
 def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "slmforge", "--log-format", "plain", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "slmforge", "--log-format", "plain", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 def _cli_args(model: Path, data: dict[str, Path], out: Path) -> list[str]:
-    return ["finetune", "--model", str(model), "--data", str(data["train"]), "--eval-data",
-            str(data["validation"]), "--max-steps", "100", "--lr", "3e-3", "--batch-size", "4",
-            "--log-every", "10", "--samples", "0", "--lora-dropout", "0.1", "--out", str(out)]
+    return [
+        "finetune",
+        "--model",
+        str(model),
+        "--data",
+        str(data["train"]),
+        "--eval-data",
+        str(data["validation"]),
+        "--max-steps",
+        "100",
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "4",
+        "--log-every",
+        "10",
+        "--samples",
+        "0",
+        "--lora-dropout",
+        "0.1",
+        "--out",
+        str(out),
+    ]
 
 
 def _last_logged_step(metrics: Path) -> int:
@@ -169,13 +229,49 @@ def test_two_processes_match_one(tiny_model, travel_split, tmp_path):
     from safetensors.torch import load_file
 
     base = tiny_model("qwen2")
-    common = ["--max-steps", "6", "--batch-size", "4", "--grad-accum", "2", "--lr", "3e-3",
-              "--lora-dropout", "0", "--samples", "0", "--log-every", "2"]
-    one = _run_cli(["finetune", "--model", str(base), "--data", str(travel_split["train"]),
-                    *common, "--out", str(tmp_path / "one")])
+    common = [
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--lr",
+        "3e-3",
+        "--lora-dropout",
+        "0",
+        "--samples",
+        "0",
+        "--log-every",
+        "2",
+    ]
+    one = _run_cli(
+        [
+            "finetune",
+            "--model",
+            str(base),
+            "--data",
+            str(travel_split["train"]),
+            *common,
+            "--out",
+            str(tmp_path / "one"),
+        ]
+    )
     assert one.wait(timeout=600) == 0, one.stdout.read()
-    two = _run_cli(["finetune", "--model", str(base), "--data", str(travel_split["train"]),
-                    *common, "--nproc", "2", "--out", str(tmp_path / "two")])
+    two = _run_cli(
+        [
+            "finetune",
+            "--model",
+            str(base),
+            "--data",
+            str(travel_split["train"]),
+            *common,
+            "--nproc",
+            "2",
+            "--out",
+            str(tmp_path / "two"),
+        ]
+    )
     output = two.communicate(timeout=600)[0]
     assert two.returncode == 0, output
     a = load_file(tmp_path / "one" / "adapter_model.safetensors")

@@ -19,14 +19,34 @@ FORMATS = ["auto", "prompt_response", "messages", "alpaca", "sharegpt"]
 SUFFIXES = [".jsonl", ".csv", ".parquet"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.sampled_from(["prompt", "response", "messages", "role", "content", "conversations",
-                         "from", "value", "instruction", "input", "output", "x"]),
-        inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "prompt",
+                    "response",
+                    "messages",
+                    "role",
+                    "content",
+                    "conversations",
+                    "from",
+                    "value",
+                    "instruction",
+                    "input",
+                    "output",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
     max_leaves=12,
 )
-fuzz = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+fuzz = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @contextmanager
@@ -39,8 +59,7 @@ def _file(data: bytes, suffix: str) -> Iterator[Path]:
 
 
 @fuzz
-@given(data=st.binary(max_size=300), suffix=st.sampled_from(SUFFIXES),
-       fmt=st.sampled_from(FORMATS))
+@given(data=st.binary(max_size=300), suffix=st.sampled_from(SUFFIXES), fmt=st.sampled_from(FORMATS))
 def test_arbitrary_bytes_raise_only_slmforge_errors(data: bytes, suffix: str, fmt: str) -> None:
     with _file(data, suffix) as path:
         try:
@@ -71,8 +90,7 @@ def _check(path: Path, records: list, fmt: str, examples, findings) -> None:
         assert not good & bad
     for example in examples:
         assert example.messages[-1]["role"] == "assistant"
-        assert all(isinstance(m["content"], str) and m["content"].strip()
-                   for m in example.messages)
+        assert all(isinstance(m["content"], str) and m["content"].strip() for m in example.messages)
     if errors:
         try:
             read_examples(path, ReadOptions(input_format=fmt))

@@ -29,8 +29,17 @@ def test_every_destination_appears_and_text_is_varied() -> None:
     for dest in DESTINATIONS:
         assert sum(dest.name in p["prompt"] for p in pairs) >= 4, dest.name
     assert {"prompt": "What's a must-see in Lisbon?"}.items() <= pairs[0].items()
-    assert len({p["prompt"].replace(d.name, "X") for p in pairs for d in DESTINATIONS
-                if d.name in p["prompt"]}) >= 15  # question phrasings
+    assert (
+        len(
+            {
+                p["prompt"].replace(d.name, "X")
+                for p in pairs
+                for d in DESTINATIONS
+                if d.name in p["prompt"]
+            }
+        )
+        >= 15
+    )  # question phrasings
     assert all(1 <= p["response"].count(". ") + 1 <= 4 for p in pairs)
 
 
@@ -44,7 +53,9 @@ def test_write_sample_jsonl_and_force(tmp_path: Path) -> None:
 
 
 def test_importable_without_torch() -> None:
-    code = ("import sys; sys.modules['torch'] = None; "
-            "from slmforge.data.sample import sample_pairs; print(len(sample_pairs()))")
+    code = (
+        "import sys; sys.modules['torch'] = None; "
+        "from slmforge.data.sample import sample_pairs; print(len(sample_pairs()))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == len(sample_pairs())

@@ -16,8 +16,12 @@ from slmforge.errors import ConfigError, DataError, InputError, OutputExistsErro
 
 
 def _examples(prompts: list[str]) -> list[Example]:
-    return [Example([{"role": "user", "content": p}, {"role": "assistant", "content": f"a{i}"}],
-                    line=i + 1) for i, p in enumerate(prompts)]
+    return [
+        Example(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": f"a{i}"}], line=i + 1
+        )
+        for i, p in enumerate(prompts)
+    ]
 
 
 def _lines(parts: dict[str, list[Example]]) -> dict[str, list[int | None]]:
@@ -67,7 +71,10 @@ def test_run_split_writes_parts_and_manifest(tmp_path: Path) -> None:
     written = run_split(SplitConfig(input=source, out_dir=tmp_path / "out", validation=4))
     assert set(written) == {"train", "validation"}  # the empty test part is not written
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "slmforge.json", "train.jsonl", "validation.jsonl"]
+        "slmforge.json",
+        "train.jsonl",
+        "validation.jsonl",
+    ]
     valid = [json.loads(line) for line in written["validation"].read_text().splitlines()]
     assert len(valid) == 4 and "messages" in valid[0]
     manifest = read_manifest(tmp_path / "out")
@@ -78,8 +85,9 @@ def test_run_split_writes_parts_and_manifest(tmp_path: Path) -> None:
 
 
 def test_run_split_refuses_existing_out_dir_and_bad_data(tmp_path: Path) -> None:
-    source = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "response": "r"}
-                                                for i in range(10)])
+    source = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": f"p{i}", "response": "r"} for i in range(10)]
+    )
     (tmp_path / "out").mkdir()
     with pytest.raises(OutputExistsError):
         run_split(SplitConfig(input=source, out_dir=tmp_path / "out"))

@@ -27,8 +27,14 @@ def _example(prompt: str, response: str, system: str | None = None) -> Example:
 
 
 def test_counts_turns_characters_and_repeats() -> None:
-    multi = Example([{"role": "user", "content": "ab"}, {"role": "assistant", "content": "c"},
-                     {"role": "user", "content": "d"}, {"role": "assistant", "content": "e"}])
+    multi = Example(
+        [
+            {"role": "user", "content": "ab"},
+            {"role": "assistant", "content": "c"},
+            {"role": "user", "content": "d"},
+            {"role": "assistant", "content": "e"},
+        ]
+    )
     stats = compute_stats([_example("Hi", "Hello"), _example("hi ", "Yo", "S"), multi])
     assert stats.examples == 3
     assert (stats.turns.min, stats.turns.mean, stats.turns.max) == (2, 2.67, 4)

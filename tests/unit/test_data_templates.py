@@ -33,10 +33,14 @@ def test_multi_turn_is_refused() -> None:
         render_text(Example(PAIR + PAIR), "{prompt}{response}")
 
 
-@pytest.mark.parametrize(("template", "message"), [
-    (None, "required"), ("{prompt} only", r"must contain \{response\}"),
-    ("{promt} {response}", r"unknown placeholder \{promt\}"),
-])
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (None, "required"),
+        ("{prompt} only", r"must contain \{response\}"),
+        ("{promt} {response}", r"unknown placeholder \{promt\}"),
+    ],
+)
 def test_check_template(template: str | None, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_template(template)

@@ -25,33 +25,76 @@ def _messages(*messages: dict[str, object]) -> str:
 
 # (line 2 of the file, the expected field, rule and a piece of the message)
 RECORD_DEFECTS = {
-    "invalid_json": ('{"prompt": "a", "response": "b"', None, "invalid_json",
-                     "invalid JSON: Expecting ',' delimiter at column 32"),
+    "invalid_json": (
+        '{"prompt": "a", "response": "b"',
+        None,
+        "invalid_json",
+        "invalid JSON: Expecting ',' delimiter at column 32",
+    ),
     "not_object": ('["a", "b"]', None, "not_object", "expected a JSON object, got a list"),
-    "missing_field": ('{"prompt": "a"}', "response", "missing_field",
-                      "missing 'response' (expected a non-empty string)"),
-    "empty_field": ('{"prompt": "  ", "response": "b"}', "prompt", "empty_field",
-                    "empty (expected a non-empty string)"),
-    "wrong_type": ('{"prompt": 3, "response": "b"}', "prompt", "wrong_type",
-                   "expected a string, got int"),
+    "missing_field": (
+        '{"prompt": "a"}',
+        "response",
+        "missing_field",
+        "missing 'response' (expected a non-empty string)",
+    ),
+    "empty_field": (
+        '{"prompt": "  ", "response": "b"}',
+        "prompt",
+        "empty_field",
+        "empty (expected a non-empty string)",
+    ),
+    "wrong_type": (
+        '{"prompt": 3, "response": "b"}',
+        "prompt",
+        "wrong_type",
+        "expected a string, got int",
+    ),
 }
 MESSAGE_DEFECTS = {
-    "unknown_role": (_messages({"role": "robot", "content": "Q"}, BOT), "messages[0].role",
-                     "unknown_role", "unknown role 'robot'"),
-    "content_type": (_messages({"role": "user", "content": ["Q"]}, BOT), "messages[0].content",
-                     "wrong_type", "expected a string, got a list"),
-    "system_not_first": (_messages(USER, SYSTEM, BOT), "messages[1].role", "role_order",
-                         "a system message may only come first"),
-    "assistant_first": (_messages(BOT, USER, BOT), "messages[0].role", "role_order",
-                        "expected a user message here, got assistant"),
-    "two_users": (_messages(USER, USER, BOT), "messages[1].role", "role_order",
-                  "expected a assistant message here, got user"),
-    "no_assistant": (_messages(SYSTEM, USER), "messages", "no_assistant",
-                     "no assistant message"),
-    "ends_with_user": (_messages(USER, BOT, USER), "messages[2]", "last_not_assistant",
-                       "must end with an assistant turn"),
-    "empty_messages": ('{"messages": []}', "messages", "missing_field",
-                       "expected a non-empty list of messages"),
+    "unknown_role": (
+        _messages({"role": "robot", "content": "Q"}, BOT),
+        "messages[0].role",
+        "unknown_role",
+        "unknown role 'robot'",
+    ),
+    "content_type": (
+        _messages({"role": "user", "content": ["Q"]}, BOT),
+        "messages[0].content",
+        "wrong_type",
+        "expected a string, got a list",
+    ),
+    "system_not_first": (
+        _messages(USER, SYSTEM, BOT),
+        "messages[1].role",
+        "role_order",
+        "a system message may only come first",
+    ),
+    "assistant_first": (
+        _messages(BOT, USER, BOT),
+        "messages[0].role",
+        "role_order",
+        "expected a user message here, got assistant",
+    ),
+    "two_users": (
+        _messages(USER, USER, BOT),
+        "messages[1].role",
+        "role_order",
+        "expected a assistant message here, got user",
+    ),
+    "no_assistant": (_messages(SYSTEM, USER), "messages", "no_assistant", "no assistant message"),
+    "ends_with_user": (
+        _messages(USER, BOT, USER),
+        "messages[2]",
+        "last_not_assistant",
+        "must end with an assistant turn",
+    ),
+    "empty_messages": (
+        '{"messages": []}',
+        "messages",
+        "missing_field",
+        "expected a non-empty list of messages",
+    ),
 }
 
 
@@ -60,12 +103,18 @@ def test_each_record_defect_gives_one_exact_finding(tmp_path: Path, defect: str)
     bad, field, rule, message = {**RECORD_DEFECTS, **MESSAGE_DEFECTS}[defect]
     good = GOOD if defect in RECORD_DEFECTS else _messages(USER, BOT)
     path = tmp_path / "d.jsonl"
-    path.write_text(f"{good}\n{bad}\n{good.replace('Q', 'Q2').replace('Rome', 'Oslo')}\n",
-                    encoding="utf-8")
+    path.write_text(
+        f"{good}\n{bad}\n{good.replace('Q', 'Q2').replace('Rome', 'Oslo')}\n", encoding="utf-8"
+    )
     report, examples = validate_files([path], min_examples=0)
     (finding,) = report.findings
     assert (finding.file, finding.line, finding.field, finding.rule, finding.severity) == (
-        str(path), 2, field, rule, "error")
+        str(path),
+        2,
+        field,
+        rule,
+        "error",
+    )
     assert message in finding.message
     assert report.examples == {str(path): 2} and [e.line for e in examples[str(path)]] == [1, 3]
 
@@ -97,8 +146,11 @@ def test_sharegpt_unknown_speaker(tmp_path: Path) -> None:
     turns = [{"from": "human", "value": "Q"}, {"from": "bard", "value": "A"}]
     path = write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns}])
     (finding,) = validate_files([path], min_examples=0)[0].findings
-    assert (finding.line, finding.field, finding.rule) == (1, "conversations[1].from",
-                                                           "unknown_role")
+    assert (finding.line, finding.field, finding.rule) == (
+        1,
+        "conversations[1].from",
+        "unknown_role",
+    )
 
 
 def test_role_findings_name_the_field_as_in_the_file(tmp_path: Path) -> None:
@@ -109,7 +161,9 @@ def test_role_findings_name_the_field_as_in_the_file(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns}])
     report = validate_files([path], min_examples=0)[0]
     assert [(f.field, f.rule) for f in report.findings] == [
-        ("conversations[1].from", "role_order"), ("conversations", "no_assistant")]
+        ("conversations[1].from", "role_order"),
+        ("conversations", "no_assistant"),
+    ]
 
 
 def test_every_bad_line_is_reported_in_one_pass(tmp_path: Path) -> None:
@@ -126,19 +180,28 @@ def _warnings(report, rule: str):
 
 
 def test_repeated_prompts_with_different_answers_list_the_lines(tmp_path: Path) -> None:
-    rows = [{"prompt": "Best time for Kyoto?", "response": "Spring."},
-            {"prompt": "Other?", "response": "x"},
-            {"prompt": "best  time for KYOTO?", "response": "Autumn."}]
+    rows = [
+        {"prompt": "Best time for Kyoto?", "response": "Spring."},
+        {"prompt": "Other?", "response": "x"},
+        {"prompt": "best  time for KYOTO?", "response": "Autumn."},
+    ]
     report = validate_files([write_jsonl(tmp_path / "d.jsonl", rows)], min_examples=0)[0]
     (finding,) = report.findings
     assert (finding.line, finding.field, finding.rule, finding.severity) == (
-        1, "prompt", "repeated_prompt", "warning")
+        1,
+        "prompt",
+        "repeated_prompt",
+        "warning",
+    )
     assert finding.message.endswith("on lines 1, 3")
 
 
 def test_identical_pairs(tmp_path: Path) -> None:
-    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"},
-            {"prompt": "a", "response": "b"}]
+    rows = [
+        {"prompt": "a", "response": "b"},
+        {"prompt": "c", "response": "d"},
+        {"prompt": "a", "response": "b"},
+    ]
     report = validate_files([write_jsonl(tmp_path / "d.jsonl", rows)], min_examples=0)[0]
     (finding,) = report.findings
     assert (finding.line, finding.rule) == (1, "identical_pair")
@@ -153,10 +216,14 @@ def test_few_examples(tmp_path: Path) -> None:
 
 
 def test_overlap_between_train_and_validation(tmp_path: Path) -> None:
-    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "response": "b"},
-                                                   {"prompt": "Hi there", "response": "c"}])
-    valid = write_jsonl(tmp_path / "valid.jsonl", [{"prompt": "z", "response": "b"},
-                                                   {"prompt": "hi  THERE", "response": "d"}])
+    train = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"prompt": "a", "response": "b"}, {"prompt": "Hi there", "response": "c"}],
+    )
+    valid = write_jsonl(
+        tmp_path / "valid.jsonl",
+        [{"prompt": "z", "response": "b"}, {"prompt": "hi  THERE", "response": "d"}],
+    )
     (finding,) = validate_files([train, valid], min_examples=0)[0].findings
     assert (finding.file, finding.line, finding.rule) == (str(valid), 2, "split_overlap")
     assert finding.message == f"prompt also in {train} line 2 (overlap between files)"
@@ -165,20 +232,26 @@ def test_overlap_between_train_and_validation(tmp_path: Path) -> None:
 @pytest.mark.parametrize("template", [True, False])
 def test_too_long_counts_tokens_of_the_rendering(tmp_path: Path, template: bool) -> None:
     tokenizer = word_tokenizer(tmp_path / "tok", chat_template=template)
-    rows = [{"prompt": "one two three", "response": "four"},  # 4 words, 8 tokens templated
-            {"prompt": "one two", "response": "three"}]       # 3 words, 7 tokens templated
+    rows = [
+        {"prompt": "one two three", "response": "four"},  # 4 words, 8 tokens templated
+        {"prompt": "one two", "response": "three"},
+    ]  # 3 words, 7 tokens templated
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     limit = 7 if template else 3
-    report = validate_files([path], tokenizer=str(tokenizer), max_seq_len=limit,
-                            min_examples=0)[0]
+    report = validate_files([path], tokenizer=str(tokenizer), max_seq_len=limit, min_examples=0)[0]
     (finding,) = report.findings
     assert (finding.line, finding.rule) == (1, "too_long")
     assert finding.message.startswith(f"{limit + 1} tokens, longer than --max-seq-len {limit}")
 
 
 def test_every_dataset_rule_is_registered() -> None:
-    assert set(DATASET_RULES) == {"identical_pair", "repeated_prompt", "too_long",
-                                  "few_examples", "split_overlap"}
+    assert set(DATASET_RULES) == {
+        "identical_pair",
+        "repeated_prompt",
+        "too_long",
+        "few_examples",
+        "split_overlap",
+    }
 
 
 def test_sample_data_is_clean(tmp_path: Path) -> None:
@@ -195,8 +268,7 @@ def _bad_file(tmp_path: Path) -> Path:
 
 def test_report_is_written_even_with_errors(tmp_path: Path) -> None:
     path = _bad_file(tmp_path)
-    report = run_validate(ValidateConfig(files=[path], report=tmp_path / "r.json",
-                                         min_examples=0))
+    report = run_validate(ValidateConfig(files=[path], report=tmp_path / "r.json", min_examples=0))
     assert not report.ok
     written = json.loads((tmp_path / "r.json").read_text())
     assert written["ok"] is False
@@ -206,8 +278,15 @@ def test_report_is_written_even_with_errors(tmp_path: Path) -> None:
 
 def test_drop_invalid_writes_a_clean_copy(tmp_path: Path) -> None:
     path = _bad_file(tmp_path)
-    report = run_validate(ValidateConfig(files=[path], drop_invalid=True, out=tmp_path / "c.jsonl",
-                                         output_format="prompt_response", min_examples=0))
+    report = run_validate(
+        ValidateConfig(
+            files=[path],
+            drop_invalid=True,
+            out=tmp_path / "c.jsonl",
+            output_format="prompt_response",
+            min_examples=0,
+        )
+    )
     assert report.dropped_lines == [2]
     kept = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
     assert kept == [json.loads(GOOD), {"prompt": "x", "response": "y"}]
@@ -227,6 +306,7 @@ def test_existing_report_fails_before_reading(tmp_path: Path) -> None:
 
 def test_read_options_reach_the_reader(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"q": "a", "a": "b"}])
-    report = validate_files([path], ReadOptions(prompt_field="q", response_field="a"),
-                            min_examples=0)[0]
+    report = validate_files(
+        [path], ReadOptions(prompt_field="q", response_field="a"), min_examples=0
+    )[0]
     assert report.ok and report.examples == {str(path): 1}

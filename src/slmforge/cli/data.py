@@ -79,13 +79,19 @@ def validate(config: ValidateConfig) -> None:
         console.print(f"report: {config.report}", markup=False)
     if report.errors and not config.drop_invalid:
         files = ", ".join(map(str, config.files))
-        raise DataError(report.findings, summary=f"{len(report.errors)} errors in {files}; fix "
-                        "them, or pass --drop-invalid --out FILE to keep only the valid examples")
+        raise DataError(
+            report.findings,
+            summary=f"{len(report.errors)} errors in {files}; fix "
+            "them, or pass --drop-invalid --out FILE to keep only the valid examples",
+        )
     if config.drop_invalid:
         lines = ", ".join(map(str, report.dropped_lines)) or "none"
         kept = sum(report.examples.values())
-        console.print(f"dropped {len(report.dropped_lines)} invalid records (lines: {lines}); "
-                      f"wrote {kept} examples to {config.out}", markup=False)
+        console.print(
+            f"dropped {len(report.dropped_lines)} invalid records (lines: {lines}); "
+            f"wrote {kept} examples to {config.out}",
+            markup=False,
+        )
     else:
         console.print(f"ok: {sum(report.examples.values())} valid examples", markup=False)
 

@@ -68,5 +68,12 @@ def register(app: typer.Typer) -> None:
         """Merge an adapter into its base model and write a full model folder."""
         from slmforge.train.merge import merge_adapter
 
-        merge_adapter(cfg.adapter, cfg.out, base=cfg.base, dtype=cfg.dtype, force=cfg.force,
-                      allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+        merge_adapter(
+            cfg.adapter,
+            cfg.out,
+            base=cfg.base,
+            dtype=cfg.dtype,
+            force=cfg.force,
+            allow_pickle=cfg.allow_pickle,
+            trust_remote_code=cfg.trust_remote_code,
+        )

@@ -13,7 +13,7 @@ from slmforge.errors import SlmforgeError
 from slmforge.progress import LogFormat
 
 # Each verb module exposes `register(app)`; the order here is the order in --help.
-VERB_MODULES = ["data", "models", "finetune", "chat"]
+VERB_MODULES = ["data", "models", "finetune", "optimize", "chat"]
 
 app = typer.Typer(
     name="slmforge",

@@ -51,7 +51,7 @@ def _help_text(field: FieldInfo) -> str:
     if default not in (None, [], (), False):
         if get_origin(_unwrap_optional(field.annotation)) is list:
             default = ",".join(map(str, default))
-        text += f" [default: {default}]"
+        text += f" (default: {default})"
     return text.strip()
 
 
@@ -60,14 +60,18 @@ def _parameter(name: str, field: FieldInfo, kind: Any, argument: bool) -> inspec
         info: Any = typer.Argument(help=_help_text(field), show_default=False)
         default = None if not field.is_required() else ...
         annotation = Annotated[kind | None, info] if default is None else Annotated[kind, info]
-        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                 default=default if default is None else inspect.Parameter.empty,
-                                 annotation=annotation)
+        return inspect.Parameter(
+            name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=default if default is None else inspect.Parameter.empty,
+            annotation=annotation,
+        )
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
     info = typer.Option(*decls, help=_help_text(field), show_default=False)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[kind | None, info])
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, info]
+    )
 
 
 def _given(value: Any) -> bool:
@@ -90,18 +94,29 @@ def model_command(
         for arg in arguments:
             field = model.model_fields[arg]
             params.append(_parameter(arg, field, cli_type(field.annotation), argument=True))
-        for field_name, field in model.model_fields.items():
+        # Required options first: they are what a user must type.
+        fields = sorted(model.model_fields.items(), key=lambda item: not item[1].is_required())
+        for field_name, field in fields:
             kind = cli_type(field.annotation)
             if field_name in arguments or kind is None:
                 continue
             params.append(_parameter(field_name, field, kind, argument=False))
         if config_file:
-            params.append(inspect.Parameter(
-                "config", inspect.Parameter.KEYWORD_ONLY, default=None,
-                annotation=Annotated[Path | None, typer.Option(
-                    "--config", help="YAML file with the same options; command-line options win.",
-                    show_default=False)],
-            ))
+            params.append(
+                inspect.Parameter(
+                    "config",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=None,
+                    annotation=Annotated[
+                        Path | None,
+                        typer.Option(
+                            "--config",
+                            help="YAML file with the same options; command-line options win.",
+                            show_default=False,
+                        ),
+                    ],
+                )
+            )
 
         def command(**kwargs: Any) -> None:
             config_path = kwargs.pop("config", None)

@@ -34,8 +34,9 @@ def _field_label(loc: tuple[Any, ...], prefix: str, option_keys: frozenset[str])
     return f"{prefix}.{label}" if prefix and not prefix.endswith(": ") else f"{prefix}{label}"
 
 
-def _error_line(model: type[BaseModel], error: dict[str, Any], prefix: str,
-                option_keys: frozenset[str]) -> str:
+def _error_line(
+    model: type[BaseModel], error: dict[str, Any], prefix: str, option_keys: frozenset[str]
+) -> str:
     loc = tuple(error["loc"])
     label = _field_label(loc, prefix, option_keys)
     if error["type"] == "extra_forbidden":
@@ -58,8 +59,12 @@ def _known_fields(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     return sorted(getattr(current, "model_fields", {}))
 
 
-def validation_message(model: type[BaseModel], exc: ValidationError, prefix: str = "",
-                       option_keys: frozenset[str] = frozenset()) -> str:
+def validation_message(
+    model: type[BaseModel],
+    exc: ValidationError,
+    prefix: str = "",
+    option_keys: frozenset[str] = frozenset(),
+) -> str:
     """One line per problem: `stages.finetune.lora_rank: unknown field, did you mean lora_r?`.
 
     Fields named in `option_keys` came from the command line and are shown as `--options`;
@@ -68,8 +73,12 @@ def validation_message(model: type[BaseModel], exc: ValidationError, prefix: str
     return "; ".join(_error_line(model, e, prefix, option_keys) for e in exc.errors())
 
 
-def validate(model: type[M], values: dict[str, Any], prefix: str = "",
-             option_keys: frozenset[str] | set[str] = frozenset()) -> M:
+def validate(
+    model: type[M],
+    values: dict[str, Any],
+    prefix: str = "",
+    option_keys: frozenset[str] | set[str] = frozenset(),
+) -> M:
     """Validate `values` into `model`, raising a ConfigError that names every bad field."""
     try:
         return model.model_validate(values)

@@ -40,7 +40,9 @@ class ConvertConfig(ReadOptions):
 
 class ValidateConfig(ReadOptions):
     files: list[Path] = Field(description="Files to check; train first, then validation.")
-    tokenizer: str | None = Field(None, description="Tokenizer (model folder or hub id) for lengths.")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer (model folder or hub id) for lengths."
+    )
     max_seq_len: int = Field(2048, gt=0, description="Warn for examples longer than this.")
     min_examples: int = Field(10, ge=0, description="Warn when a file has fewer examples.")
     report: Path | None = Field(None, description="Write every finding to this JSON file.")

@@ -28,7 +28,9 @@ class FinetuneConfig(ReadOptions):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0 = off).")
-    batch_size: int = Field(4, gt=0, description="Rows per micro-batch, split across --nproc processes.")
+    batch_size: int = Field(
+        4, gt=0, description="Rows per micro-batch, split across --nproc processes."
+    )
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     max_seq_len: int = Field(1024, gt=8, description="Longer examples are truncated.")
     packing: bool = Field(False, description="Pack examples into rows (no padding, no leaks).")
@@ -41,7 +43,8 @@ class FinetuneConfig(ReadOptions):
     )
     train_on_prompt: bool = Field(False, description="Compute loss on prompt tokens too.")
     text_template: str | None = Field(
-        None, description=r"Template for models without a chat template, e.g. "
+        None,
+        description=r"Template for models without a chat template, e.g. "
         r"'<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}<|end|>'.",
     )
     seed: int = Field(42)

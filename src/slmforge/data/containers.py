@@ -52,14 +52,21 @@ def _read_jsonl(path: Path, findings: list[Finding]) -> tuple[list[Record], None
             # utf-8-sig on the first line drops the BOM some editors write.
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
-            findings.append(bad(path, number, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
-                                 f"column {exc.start + 1})", "encoding"))
+            findings.append(
+                bad(
+                    path,
+                    number,
+                    f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                    "encoding",
+                )
+            )
             continue
         try:
             records.append(Record(number, json.loads(text)))
         except json.JSONDecodeError as exc:
-            findings.append(bad(path, number, f"invalid JSON: {exc.msg} at column {exc.colno}",
-                                 "invalid_json"))
+            findings.append(
+                bad(path, number, f"invalid JSON: {exc.msg} at column {exc.colno}", "invalid_json")
+            )
         except RecursionError:
             findings.append(bad(path, number, "invalid JSON: nested too deeply", "invalid_json"))
     return records, None
@@ -72,8 +79,9 @@ def _read_csv(path: Path, findings: list[Finding]) -> tuple[list[Record], list[s
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        findings.append(bad(path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
-                             "encoding"))
+        findings.append(
+            bad(path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})", "encoding")
+        )
         return [], None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     records = []
@@ -114,13 +122,13 @@ def _read_hf_dataset(path: Path, findings: list[Finding]) -> tuple[list[Record],
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded)
         if "train" not in loaded and len(splits) != 1:
-            raise InputError(f"{path}: dataset has splits {', '.join(splits)}; point at one split "
-                             "folder or name one 'train'")
+            raise InputError(
+                f"{path}: dataset has splits {', '.join(splits)}; point at one split "
+                "folder or name one 'train'"
+            )
         loaded = loaded["train" if "train" in loaded else splits[0]]
     rows = loaded.to_list()
     return [Record(i, row) for i, row in enumerate(rows, start=1)], list(loaded.column_names)
-
-
 
 
 def container_for(path: Path, input_format: str) -> ContainerReader:

@@ -78,7 +78,8 @@ class _Where:
 
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def _text(record: dict[str, Any], key: str, at: _Where, label: str | None = None) -> str | None:
@@ -112,15 +113,16 @@ class RecordFormat:
         """`messages[1].role` as this format spells it (ShareGPT: `conversations[1].from`)."""
         if name is None or not name.startswith("messages"):
             return name
-        name = self.turns_key + name[len("messages"):]
+        name = self.turns_key + name[len("messages") :]
         return name[: -len(".role")] + f".{self.role_key}" if name.endswith(".role") else name
 
 
 RECORD_FORMATS: dict[str, RecordFormat] = {}
 
 
-def register_record_format(name: str, keys: tuple[str, ...], turns_key: str = "messages",
-                           role_key: str = "role") -> Callable[[Converter], Converter]:
+def register_record_format(
+    name: str, keys: tuple[str, ...], turns_key: str = "messages", role_key: str = "role"
+) -> Callable[[Converter], Converter]:
     def decorator(fn: Converter) -> Converter:
         RECORD_FORMATS[name] = RecordFormat(name, keys, fn, turns_key, role_key)
         return fn
@@ -139,21 +141,32 @@ def _from_messages(record: dict[str, Any], options: ReadOptions, at: _Where):
     for i, item in enumerate(raw):
         label = f"messages[{i}]"
         if not isinstance(item, dict):
-            at.add(label, f"expected an object with role and content, got {_type_name(item)}",
-                   "wrong_type")
+            at.add(
+                label,
+                f"expected an object with role and content, got {_type_name(item)}",
+                "wrong_type",
+            )
             continue
         role = _text(item, "role", at, f"{label}.role")
         content = _text(item, "content", at, f"{label}.content")
         if role is not None and role not in ROLES:
-            at.add(f"{label}.role", f"unknown role '{role}' (expected one of {', '.join(ROLES)})",
-                   "unknown_role")
+            at.add(
+                f"{label}.role",
+                f"unknown role '{role}' (expected one of {', '.join(ROLES)})",
+                "unknown_role",
+            )
         elif role is not None and content is not None:
             messages.append({"role": role, "content": content})
     return messages
 
 
-_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                   "assistant": "assistant"}
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
 
 
 @register_record_format("sharegpt", ("conversations",), "conversations", "from")
@@ -167,16 +180,22 @@ def _from_sharegpt(record: dict[str, Any], options: ReadOptions, at: _Where):
     for i, item in enumerate(raw):
         label = f"conversations[{i}]"
         if not isinstance(item, dict):
-            at.add(label, f"expected an object with from and value, got {_type_name(item)}",
-                   "wrong_type")
+            at.add(
+                label,
+                f"expected an object with from and value, got {_type_name(item)}",
+                "wrong_type",
+            )
             continue
         speaker = _text(item, "from", at, f"{label}.from")
         value = _text(item, "value", at, f"{label}.value")
         role = _SHAREGPT_ROLES.get(speaker or "")
         if speaker is not None and role is None:
             known = ", ".join(_SHAREGPT_ROLES)
-            at.add(f"{label}.from", f"unknown speaker '{speaker}' (expected one of {known})",
-                   "unknown_role")
+            at.add(
+                f"{label}.from",
+                f"unknown speaker '{speaker}' (expected one of {known})",
+                "unknown_role",
+            )
         elif role is not None and value is not None:
             messages.append({"role": role, "content": value})
     return messages
@@ -226,8 +245,12 @@ def _role_order(messages: list[dict[str, str]]):
                 yield f"messages[{i}].role", "a system message may only come first", "role_order"
             continue
         if role != expected:
-            yield (f"messages[{i}].role", f"expected a {expected} message here, got {role} "
-                   "(user and assistant turns must alternate, starting with user)", "role_order")
+            yield (
+                f"messages[{i}].role",
+                f"expected a {expected} message here, got {role} "
+                "(user and assistant turns must alternate, starting with user)",
+                "role_order",
+            )
             return
         expected = "assistant" if role == "user" else "user"
 
@@ -237,8 +260,11 @@ def _ends_with_assistant(messages: list[dict[str, str]]):
     if not any(m["role"] == "assistant" for m in messages):
         yield "messages", "no assistant message (nothing to learn from)", "no_assistant"
     elif messages[-1]["role"] != "assistant":
-        yield (f"messages[{len(messages) - 1}]", "the conversation must end with an assistant "
-               "turn", "last_not_assistant")
+        yield (
+            f"messages[{len(messages) - 1}]",
+            "the conversation must end with an assistant turn",
+            "last_not_assistant",
+        )
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -256,9 +282,14 @@ def _detect_record_format(keys: Iterable[str], options: ReadOptions) -> str | No
 
 def _unknown_format(path: Path, line: int | None, keys: Iterable[str]) -> Finding:
     shown = ", ".join(sorted(map(str, keys))) or "none"
-    return bad(path, line, f"cannot tell the format from the keys ({shown}); expected prompt/"
-                "response, messages, instruction/output or conversations; pass --input-format "
-                "or --prompt-field/--response-field", "unknown_format")
+    return bad(
+        path,
+        line,
+        f"cannot tell the format from the keys ({shown}); expected prompt/"
+        "response, messages, instruction/output or conversations; pass --input-format "
+        "or --prompt-field/--response-field",
+        "unknown_format",
+    )
 
 
 def _missing_columns(path: Path, columns: list[str], fmt: str, options: ReadOptions):
@@ -269,12 +300,19 @@ def _missing_columns(path: Path, columns: list[str], fmt: str, options: ReadOpti
         needed = list(RECORD_FORMATS[fmt].keys)
     for name in needed:
         if name not in columns:
-            yield Finding(str(path), None, name, f"no '{name}' column (columns: "
-                          f"{', '.join(columns) or 'none'})", "error", "missing_field")
+            yield Finding(
+                str(path),
+                None,
+                name,
+                f"no '{name}' column (columns: {', '.join(columns) or 'none'})",
+                "error",
+                "missing_field",
+            )
 
 
-def _convert(record: Record, fmt: RecordFormat, options: ReadOptions, path: Path,
-             findings: list[Finding]) -> Example | None:
+def _convert(
+    record: Record, fmt: RecordFormat, options: ReadOptions, path: Path, findings: list[Finding]
+) -> Example | None:
     at = _Where(str(path), record.line, findings)
     if not isinstance(record.value, dict):
         at.add(None, f"expected a JSON object, got {_type_name(record.value)}", "not_object")
@@ -294,8 +332,9 @@ def _convert(record: Record, fmt: RecordFormat, options: ReadOptions, path: Path
     return Example(messages, record.line, str(path))
 
 
-def read_with_findings(path: str | Path, options: ReadOptions | None = None
-                       ) -> tuple[list[Example], list[Finding]]:
+def read_with_findings(
+    path: str | Path, options: ReadOptions | None = None
+) -> tuple[list[Example], list[Finding]]:
     """Every valid example and a finding for every invalid record; raises only when the file
     cannot be opened at all."""
     path = Path(path)
@@ -306,12 +345,14 @@ def read_with_findings(path: str | Path, options: ReadOptions | None = None
     records, columns = container_for(path, options.input_format)(path, findings)
     if not records:
         if not findings:
-            findings.append(bad(path, None, "file is empty (expected one example per line)",
-                                 "empty_file"))
+            findings.append(
+                bad(path, None, "file is empty (expected one example per line)", "empty_file")
+            )
         return [], findings
     first = next((r for r in records if isinstance(r.value, dict)), records[0])
-    keys = columns if columns is not None else (first.value if isinstance(first.value, dict)
-                                                else {})
+    keys = (
+        columns if columns is not None else (first.value if isinstance(first.value, dict) else {})
+    )
     name = _detect_record_format(keys, options)
     if name is None:
         return [], [*findings, _unknown_format(path, None if columns else first.line, keys)]
@@ -319,7 +360,7 @@ def read_with_findings(path: str | Path, options: ReadOptions | None = None
         return [], findings + missing
     fmt = RECORD_FORMATS[name]
     examples = [ex for r in records if (ex := _convert(r, fmt, options, path, findings))]
-    findings.sort(key=lambda f: (f.line or 0))
+    findings.sort(key=lambda f: f.line or 0)
     return examples, findings
 
 
@@ -356,8 +397,10 @@ def _to_messages(example: Example, template: str | None) -> dict[str, Any]:
 @register_writer("prompt_response")
 def _to_prompt_response(example: Example, template: str | None) -> dict[str, str]:
     if not example.is_single_turn():
-        raise _CannotWrite(f"has {len(example.turns())} turns; prompt_response holds one user "
-                           "and one assistant message (write messages instead)")
+        raise _CannotWrite(
+            f"has {len(example.turns())} turns; prompt_response holds one user "
+            "and one assistant message (write messages instead)"
+        )
     return {"prompt": example.prompt, "response": example.response}
 
 
@@ -371,8 +414,13 @@ def _to_text(example: Example, template: str | None) -> dict[str, str]:
         raise _CannotWrite(str(exc)) from None
 
 
-def write_examples(examples: list[Example], path: str | Path, fmt: str = "messages",
-                   text_template: str | None = None, force: bool = False) -> Path:
+def write_examples(
+    examples: list[Example],
+    path: str | Path,
+    fmt: str = "messages",
+    text_template: str | None = None,
+    force: bool = False,
+) -> Path:
     """Write examples as jsonl in `fmt`, atomically; every example that `fmt` cannot hold is
     reported (with its source line) before anything is written."""
     from slmforge.data.templates import check_template
@@ -387,13 +435,22 @@ def write_examples(examples: list[Example], path: str | Path, fmt: str = "messag
         try:
             lines.append(json.dumps(writer(example, text_template), ensure_ascii=False))
         except _CannotWrite as exc:
-            findings.append(Finding(example.source, example.line, "messages", str(exc), "error",
-                                    f"cannot_write_{fmt}"))
+            findings.append(
+                Finding(
+                    example.source,
+                    example.line,
+                    "messages",
+                    str(exc),
+                    "error",
+                    f"cannot_write_{fmt}",
+                )
+            )
     if findings:
         raise DataError(findings)
     if fmt == "prompt_response" and (dropped := sum(e.system is not None for e in examples)):
-        progress.warn(f"prompt_response has no system field: dropped the system message of "
-                      f"{dropped} examples")
+        progress.warn(
+            f"prompt_response has no system field: dropped the system message of {dropped} examples"
+        )
     final = Path(path)
     with atomic_file(final, force=force) as temp:
         temp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -407,8 +464,9 @@ def run_convert(config: ConvertConfig) -> tuple[Path, int]:
     fmt = config.output_format
     if config.text_template is not None:
         if "output_format" in config.model_fields_set and fmt != "text":
-            raise ConfigError(f"--text-template renders text; it cannot be used with "
-                              f"--output-format {fmt}")
+            raise ConfigError(
+                f"--text-template renders text; it cannot be used with --output-format {fmt}"
+            )
         fmt = "text"
     if fmt == "text":
         check_template(config.text_template)
@@ -416,4 +474,5 @@ def run_convert(config: ConvertConfig) -> tuple[Path, int]:
     options = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
     examples = read_examples(config.input, options)
     return write_examples(examples, config.out, fmt, config.text_template, config.force), len(
-        examples)
+        examples
+    )

@@ -30,8 +30,10 @@ def part_size(name: str, value: float, total: int) -> int:
         return int(value)
     size = round(value * total)
     if size == 0:
-        raise ConfigError(f"--{name} {value} of {total} examples gives an empty {name} part; "
-                          "use a larger ratio or a count")
+        raise ConfigError(
+            f"--{name} {value} of {total} examples gives an empty {name} part; "
+            "use a larger ratio or a count"
+        )
     return size
 
 
@@ -42,8 +44,9 @@ def _groups(examples: list[Example]) -> list[list[Example]]:
     return list(grouped.values())
 
 
-def split_examples(examples: list[Example], validation: float = 0.1, test: float = 0.0,
-                   seed: int = 42) -> dict[str, list[Example]]:
+def split_examples(
+    examples: list[Example], validation: float = 0.1, test: float = 0.0, seed: int = 42
+) -> dict[str, list[Example]]:
     """Split into train/validation/test; same input and seed give the same parts.
 
     Parts are filled with whole prompt groups, so their sizes can exceed the request by the size
@@ -51,11 +54,15 @@ def split_examples(examples: list[Example], validation: float = 0.1, test: float
     total = len(examples)
     if total < 2:
         raise InputError(f"{total} examples are too few to split (need at least 2)")
-    wanted = {"test": part_size("test", test, total),
-              "validation": part_size("validation", validation, total)}
+    wanted = {
+        "test": part_size("test", test, total),
+        "validation": part_size("validation", validation, total),
+    }
     if sum(wanted.values()) >= total:
-        raise ConfigError(f"validation {wanted['validation']} + test {wanted['test']} examples "
-                          f"leave nothing to train on out of {total}")
+        raise ConfigError(
+            f"validation {wanted['validation']} + test {wanted['test']} examples "
+            f"leave nothing to train on out of {total}"
+        )
     groups = _groups(examples)
     random.Random(seed).shuffle(groups)
     parts: dict[str, list[Example]] = {name: [] for name in PARTS}
@@ -69,8 +76,10 @@ def split_examples(examples: list[Example], validation: float = 0.1, test: float
         if size and not parts[name]:
             raise InputError(f"no prompts are left for the {name} part; use fewer {name} examples")
     if not parts["train"]:
-        raise InputError(f"all {total} examples share {len(groups)} prompts; nothing is left to "
-                         "train on after keeping repeated prompts together")
+        raise InputError(
+            f"all {total} examples share {len(groups)} prompts; nothing is left to "
+            "train on after keeping repeated prompts together"
+        )
     return parts
 
 

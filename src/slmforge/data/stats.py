@@ -42,7 +42,7 @@ def token_lengths(examples: Sequence[Example], tokenizer: Any) -> list[int]:
     """Token count of each example, in batches because the fast tokenizers encode in parallel."""
     lengths: list[int] = []
     for start in range(0, len(examples), _BATCH):
-        texts = [_rendering(e, tokenizer) for e in examples[start:start + _BATCH]]
+        texts = [_rendering(e, tokenizer) for e in examples[start : start + _BATCH]]
         # The chat template already holds the special tokens; don't add a second BOS.
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
         lengths.extend(len(ids) for ids in encoded)

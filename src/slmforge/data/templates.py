@@ -35,13 +35,17 @@ def decode_escapes(template: str) -> str:
 def check_template(template: str | None) -> str:
     """The decoded template, or a ConfigError saying what is missing or unknown in it."""
     if not template:
-        raise ConfigError("--text-template is required for text output, e.g. "
-                          "'<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|>'")
+        raise ConfigError(
+            "--text-template is required for text output, e.g. "
+            "'<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|>'"
+        )
     names = set(_PLACEHOLDER.findall(template))
     unknown = sorted(names - set(PLACEHOLDERS))
     if unknown:
-        raise ConfigError(f"--text-template: unknown placeholder {{{unknown[0]}}} (known: "
-                          "{prompt}, {response}, {system})")
+        raise ConfigError(
+            f"--text-template: unknown placeholder {{{unknown[0]}}} (known: "
+            "{prompt}, {response}, {system})"
+        )
     missing = [name for name in ("prompt", "response") if name not in names]
     if missing:
         raise ConfigError(f"--text-template must contain {{{missing[0]}}}")
@@ -51,12 +55,16 @@ def check_template(template: str | None) -> str:
 def render_text(example: Example, template: str) -> str:
     """Render one single-turn example; multi-turn examples raise TemplateError."""
     if not example.is_single_turn():
-        raise TemplateError(f"has {len(example.turns())} turns; a text template renders one "
-                            "prompt and one response (write messages instead)")
+        raise TemplateError(
+            f"has {len(example.turns())} turns; a text template renders one "
+            "prompt and one response (write messages instead)"
+        )
     if example.system is not None and "{system}" not in template:
         raise TemplateError("has a system message but the template has no {system} placeholder")
-    values = {"prompt": example.prompt, "response": example.response,
-              "system": example.system or ""}
+    values = {
+        "prompt": example.prompt,
+        "response": example.response,
+        "system": example.system or "",
+    }
     # One pass over the template, so a '{response}' typed inside a prompt stays literal.
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)),
-                            decode_escapes(template))
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), decode_escapes(template))

@@ -79,8 +79,9 @@ def identical_pairs(ctx: RuleContext) -> Iterable[Finding]:
     """The same example more than once: it weighs double in training."""
     for examples in ctx.examples.values():
         for group in _repeats(map(_exact, examples), examples):
-            yield _warning(group[0], None, f"identical examples on lines {_line_list(group)}",
-                           "identical_pair")
+            yield _warning(
+                group[0], None, f"identical examples on lines {_line_list(group)}", "identical_pair"
+            )
 
 
 @dataset_rule("repeated_prompt")
@@ -89,8 +90,12 @@ def repeated_prompts(ctx: RuleContext) -> Iterable[Finding]:
     for file, examples in ctx.examples.items():
         for group in _repeats(ctx.prompt_keys(file), examples):
             if len({_exact(e) for e in group}) > 1:
-                yield _warning(group[0], "prompt", "the same prompt with different answers on "
-                               f"lines {_line_list(group)}", "repeated_prompt")
+                yield _warning(
+                    group[0],
+                    "prompt",
+                    f"the same prompt with different answers on lines {_line_list(group)}",
+                    "repeated_prompt",
+                )
 
 
 @dataset_rule("too_long")
@@ -103,16 +108,27 @@ def too_long(ctx: RuleContext) -> Iterable[Finding]:
     for examples in ctx.examples.values():
         for example, length in zip(examples, token_lengths(examples, ctx.tokenizer), strict=True):
             if length > ctx.max_seq_len:
-                yield _warning(example, None, f"{length} tokens, longer than --max-seq-len "
-                               f"{ctx.max_seq_len} (training would truncate it)", "too_long")
+                yield _warning(
+                    example,
+                    None,
+                    f"{length} tokens, longer than --max-seq-len "
+                    f"{ctx.max_seq_len} (training would truncate it)",
+                    "too_long",
+                )
 
 
 @dataset_rule("few_examples")
 def few_examples(ctx: RuleContext) -> Iterable[Finding]:
     for file, examples in ctx.examples.items():
         if 0 < len(examples) < ctx.min_examples:
-            yield Finding(file, None, None, f"only {len(examples)} examples (fewer than "
-                          f"--min-examples {ctx.min_examples})", "warning", "few_examples")
+            yield Finding(
+                file,
+                None,
+                None,
+                f"only {len(examples)} examples (fewer than --min-examples {ctx.min_examples})",
+                "warning",
+                "few_examples",
+            )
 
 
 @dataset_rule("split_overlap")
@@ -122,13 +138,16 @@ def split_overlap(ctx: RuleContext) -> Iterable[Finding]:
     for index, file in enumerate(files[1:], start=1):
         earlier: dict[str, Example] = {}
         for previous in files[:index]:
-            for key, example in zip(ctx.prompt_keys(previous), ctx.examples[previous],
-                                    strict=True):
+            for key, example in zip(ctx.prompt_keys(previous), ctx.examples[previous], strict=True):
                 earlier.setdefault(key, example)
         for key, example in zip(ctx.prompt_keys(file), ctx.examples[file], strict=True):
             if (seen := earlier.get(key)) is not None:
-                yield _warning(example, "prompt", f"prompt also in {seen.source} line "
-                               f"{seen.line} (overlap between files)", "split_overlap")
+                yield _warning(
+                    example,
+                    "prompt",
+                    f"prompt also in {seen.source} line {seen.line} (overlap between files)",
+                    "split_overlap",
+                )
 
 
 @dataclass
@@ -153,21 +172,31 @@ class ValidationReport:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per file: valid examples, errors and warnings."""
-        table = {file: {"examples": n, "errors": 0, "warnings": 0}
-                 for file, n in self.examples.items()}
+        table = {
+            file: {"examples": n, "errors": 0, "warnings": 0} for file, n in self.examples.items()
+        }
         for finding in self.findings:
             row = table.setdefault(finding.file, {"examples": 0, "errors": 0, "warnings": 0})
             row["errors" if finding.severity == "error" else "warnings"] += 1
         return table
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "files": self.counts(), "dropped_lines": self.dropped_lines,
-                "findings": [f.to_dict() for f in self.findings]}
+        return {
+            "ok": self.ok,
+            "files": self.counts(),
+            "dropped_lines": self.dropped_lines,
+            "findings": [f.to_dict() for f in self.findings],
+        }
 
 
-def validate_files(files: Sequence[str | Path], options: ReadOptions | None = None, *,
-                   tokenizer: Any | None = None, max_seq_len: int = 2048,
-                   min_examples: int = 10) -> tuple[ValidationReport, dict[str, list[Example]]]:
+def validate_files(
+    files: Sequence[str | Path],
+    options: ReadOptions | None = None,
+    *,
+    tokenizer: Any | None = None,
+    max_seq_len: int = 2048,
+    min_examples: int = 10,
+) -> tuple[ValidationReport, dict[str, list[Example]]]:
     """Read and check `files` (train first); `tokenizer` is a loaded tokenizer or a name.
 
     Returns the report and the valid examples of each file."""
@@ -216,9 +245,13 @@ def run_validate(config: ValidateConfig) -> ValidationReport:
     out of the copy and listed in `report.dropped_lines`."""
     _check_outputs(config)
     read = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
-    report, examples = validate_files(config.files, read, tokenizer=config.tokenizer,
-                                      max_seq_len=config.max_seq_len,
-                                      min_examples=config.min_examples)
+    report, examples = validate_files(
+        config.files,
+        read,
+        tokenizer=config.tokenizer,
+        max_seq_len=config.max_seq_len,
+        min_examples=config.min_examples,
+    )
     if config.report is not None:
         write_report(report, config.report, config.force)
     if config.drop_invalid and config.out is not None:

@@ -167,8 +167,11 @@ class StopStringFilter:
             return out
         keep = max((len(s) - 1 for s in self.stops), default=0)
         keep = next(
-            (k for k in range(min(keep, len(self.pending)), 0, -1)
-             if any(s.startswith(self.pending[-k:]) for s in self.stops)),
+            (
+                k
+                for k in range(min(keep, len(self.pending)), 0, -1)
+                if any(s.startswith(self.pending[-k:]) for s in self.stops)
+            ),
             0,
         )
         out = self.pending[: len(self.pending) - keep]

@@ -22,8 +22,17 @@ from slmforge.errors import InputError
 
 KEEP_LAST = 2
 # Options that may change between an interrupted run and its resume.
-RESUMABLE_CHANGES = {"resume", "force", "save_every", "log_every", "eval_every", "nproc",
-                     "samples", "strict_memory", "device"}
+RESUMABLE_CHANGES = {
+    "resume",
+    "force",
+    "save_every",
+    "log_every",
+    "eval_every",
+    "nproc",
+    "samples",
+    "strict_memory",
+    "device",
+}
 
 
 @dataclass
@@ -38,7 +47,9 @@ def checkpoint_dir(work: Path) -> Path:
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def _rng_state() -> dict[str, Any]:
@@ -55,8 +66,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any,
-                    state: TrainState) -> Path:
+def save_checkpoint(
+    work: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState
+) -> Path:
     root = checkpoint_dir(work)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:07d}"
@@ -65,8 +77,11 @@ def save_checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any,
     temp.mkdir()
     save_file(trainable_state(model), temp / "trainable.safetensors")
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "rng": _rng_state()},
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+        },
         temp / "state.pt",
     )
     meta = {"step": state.step, "epoch": state.epoch, "config": state.config}
@@ -86,19 +101,23 @@ def latest_checkpoint(work: Path) -> Path | None:
 
 def _config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     keys = (set(saved) | set(current)) - RESUMABLE_CHANGES
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(keys)
-            if saved.get(k) != current.get(k)]
+    return [
+        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+        for k in sorted(keys)
+        if saved.get(k) != current.get(k)
+    ]
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any,
-                    config: dict[str, Any]) -> TrainState:
+def load_checkpoint(
+    path: Path, model: Any, optimizer: Any, scheduler: Any, config: dict[str, Any]
+) -> TrainState:
     """Restore everything into the live objects; refuse if training options changed."""
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     changes = _config_changes(meta["config"], config)
     if changes:
         raise InputError(
-            f"cannot resume from {path}: options changed since it was written ({'; '.join(changes)}); "
-            "use the same options, or --force to start over"
+            f"cannot resume from {path}: options changed since it was written "
+            f"({'; '.join(changes)}); use the same options, or --force to start over"
         )
     weights = load_file(path / "trainable.safetensors")
     params = dict(model.named_parameters())

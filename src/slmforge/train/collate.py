@@ -46,8 +46,9 @@ def _extend_over_stops(text: str, end: int, stops: list[str]) -> int:
         end += gap + len(marker)
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, str]],
-                    stops: list[str]) -> tuple[str, list[range]]:
+def assistant_spans(
+    tokenizer: Any, messages: list[dict[str, str]], stops: list[str]
+) -> tuple[str, list[range]]:
     """The full rendering and the character ranges of each assistant turn in it.
 
     A turn's span starts where the rendering of the conversation before it, with the generation
@@ -78,7 +79,9 @@ def template_spans(template: str, messages: list[dict[str, str]]) -> tuple[str, 
     template = check_template(template)
     turns = [m for m in messages if m["role"] != "system"]
     if len(turns) != 2:
-        raise InputError("--text-template renders single-turn examples only (one user, one assistant)")
+        raise InputError(
+            "--text-template renders single-turn examples only (one user, one assistant)"
+        )
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     head, tail = template.split("{response}", 1)
 
@@ -166,8 +169,9 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def step_batches(rows: list[list[Encoded]], order: list[int], batch_size: int,
-                 grad_accum: int) -> list[list[list[list[Encoded]]]]:
+def step_batches(
+    rows: list[list[Encoded]], order: list[int], batch_size: int, grad_accum: int
+) -> list[list[list[list[Encoded]]]]:
     """Group rows into optimizer steps of `grad_accum` micro-batches; drop the ragged tail."""
     per_step = batch_size * grad_accum
     steps = []

@@ -95,8 +95,14 @@ def under_launcher() -> bool:
 def launch(argv: list[str], nproc: int) -> int:
     """Run `slmforge <argv>` in `nproc` processes with torchrun on this machine."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={nproc}", "-m", "slmforge", *argv,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "slmforge",
+        *argv,
     ]
     try:
         return subprocess.run(cmd, check=False).returncode

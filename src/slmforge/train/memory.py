@@ -35,7 +35,8 @@ class MemoryEstimate:
         avail = "unknown" if self.available is None else f"{self.available / GIB:.1f} GiB"
         return (
             f"estimated {self.total / GIB:.2f} GiB (weights {self.weights / GIB:.2f}, "
-            f"grads+optimizer {self.optimizer / GIB:.2f}, activations {self.activations / GIB:.2f}) "
+            f"grads+optimizer {self.optimizer / GIB:.2f}, "
+            f"activations {self.activations / GIB:.2f}) "
             f"vs {avail} available on {self.device}"
         )
 
@@ -53,8 +54,9 @@ def available_bytes(device: str) -> int | None:
     return None
 
 
-def estimate(model: Any, micro_batch: int, seq_len: int, device: str,
-             gradient_checkpointing: bool = False) -> MemoryEstimate:
+def estimate(
+    model: Any, micro_batch: int, seq_len: int, device: str, gradient_checkpointing: bool = False
+) -> MemoryEstimate:
     params = list(model.parameters())
     weights = sum(p.numel() * p.element_size() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)

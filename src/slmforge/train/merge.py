@@ -24,9 +24,15 @@ def base_of(adapter: Path) -> str:
     raise InputError(f"{adapter}: no base model recorded; pass --base")
 
 
-def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
-                  dtype: str = "auto", force: bool = False, allow_pickle: bool = False,
-                  trust_remote_code: bool = False) -> Path:
+def merge_adapter(
+    adapter: str | Path,
+    out: str | Path,
+    base: str | None = None,
+    dtype: str = "auto",
+    force: bool = False,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Path:
     import torch
     from peft import PeftModel
 
@@ -39,15 +45,18 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     base = base or base_of(adapter)
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base
     tokenizer = load_tokenizer(str(tokenizer_source), trust_remote_code=trust_remote_code)
-    model = load_causal_lm(base, dtype=dtype, allow_pickle=allow_pickle,
-                           trust_remote_code=trust_remote_code)
+    model = load_causal_lm(
+        base, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
     with torch.no_grad():
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     with artifact(out, "model", force=force) as art:
         merged.save_pretrained(art.path, safe_serialization=True)
         tokenizer.save_pretrained(art.path)
-        art.manifest.source = {"base_model": source_of(base, "model"),
-                               "adapter": source_of(adapter, "adapter")}
+        art.manifest.source = {
+            "base_model": source_of(base, "model"),
+            "adapter": source_of(adapter, "adapter"),
+        }
         art.manifest.config = {"dtype": dtype}
         art.manifest.chat_template = getattr(tokenizer, "chat_template", None)
         art.manifest.stop = stop_strings(tokenizer)

@@ -32,8 +32,11 @@ def linear_module_names(model: Any) -> list[str]:
     """Leaf names of the model's linear layers (what `--target-modules` may name)."""
     import torch
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Linear4bit"}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Linear4bit"
+    }
     return sorted(names - {"lm_head"})
 
 

@@ -12,7 +12,9 @@ import torch
 from slmforge.train.collate import IGNORE
 
 
-def token_loss_and_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+def token_loss_and_hits(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, int, int]:
     """Summed next-token cross-entropy, correct argmax predictions, and counted tokens."""
     shifted_logits = logits[:, :-1, :].float()
     shifted_labels = labels[:, 1:].to(shifted_logits.device)
@@ -94,8 +96,9 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-",
-                label="eval loss")
+        ax.plot(
+            [r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -96,7 +96,8 @@ def check_paths(cfg: FinetuneConfig) -> Path:
     work = work_dir(cfg.out)
     if work.exists() and not (cfg.resume or cfg.force):
         raise InputError(
-            f"{work} holds an interrupted run; pass --resume to continue it or --force to start over"
+            f"{work} holds an interrupted run; pass --resume to continue it "
+            "or --force to start over"
         )
     if cfg.resume and ckpt.latest_checkpoint(work) is None:
         raise InputError(f"--resume: no checkpoint in {work}; run without --resume to start")
@@ -109,14 +110,22 @@ def _encode_all(tokenizer: Any, examples: list[Any], cfg: FinetuneConfig) -> lis
     stops = stop_strings(tokenizer)
     encoded = []
     for example in examples:
-        item = encode(tokenizer, example.messages, cfg.max_seq_len, cfg.train_on_prompt,
-                      cfg.text_template, stops)
+        item = encode(
+            tokenizer,
+            example.messages,
+            cfg.max_seq_len,
+            cfg.train_on_prompt,
+            cfg.text_template,
+            stops,
+        )
         if item.trained_tokens > 1:
             encoded.append(item)
     dropped = len(examples) - len(encoded)
     if dropped:
-        progress.warn(f"{dropped} examples have no assistant tokens within --max-seq-len "
-                      f"{cfg.max_seq_len} and were skipped")
+        progress.warn(
+            f"{dropped} examples have no assistant tokens within --max-seq-len "
+            f"{cfg.max_seq_len} and were skipped"
+        )
     return encoded
 
 
@@ -124,9 +133,12 @@ def _rows(encoded: list[Encoded], cfg: FinetuneConfig) -> list[list[Encoded]]:
     return pack(encoded, cfg.max_seq_len) if cfg.packing else [[e] for e in encoded]
 
 
-def load_data(cfg: FinetuneConfig, tokenizer: Any) -> tuple[list[Encoded], list[Encoded], list[Any]]:
-    options = cfg.model_dump(include={"input_format", "prompt_field", "response_field",
-                                      "system_prompt"})
+def load_data(
+    cfg: FinetuneConfig, tokenizer: Any
+) -> tuple[list[Encoded], list[Encoded], list[Any]]:
+    options = cfg.model_dump(
+        include={"input_format", "prompt_field", "response_field", "system_prompt"}
+    )
     from slmforge.config.data import ReadOptions
 
     read = ReadOptions(**options)
@@ -181,8 +193,11 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     load_dtype, autocast_dtype = _precision(cfg, device)
     model = load_causal_lm(
-        cfg.model, device=device, allow_pickle=cfg.allow_pickle,
-        trust_remote_code=cfg.trust_remote_code, **method.load_kwargs(cfg, load_dtype),
+        cfg.model,
+        device=device,
+        allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code,
+        **method.load_kwargs(cfg, load_dtype),
     )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -191,8 +206,21 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()  # trainable weights stay fp32 under autocast
-    return Plan(cfg, ctx, method, device, autocast_dtype, tokenizer, model, rows,
-                [[e] for e in evals], eval_examples, steps_per_epoch, total, work)
+    return Plan(
+        cfg,
+        ctx,
+        method,
+        device,
+        autocast_dtype,
+        tokenizer,
+        model,
+        rows,
+        [[e] for e in evals],
+        eval_examples,
+        steps_per_epoch,
+        total,
+        work,
+    )
 
 
 def check_memory(plan: Plan) -> None:
@@ -211,9 +239,11 @@ def check_memory(plan: Plan) -> None:
 
 def _forward(plan: Plan, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
     inputs = {k: v.to(plan.device) for k, v in batch.items() if k != "labels"}
-    with torch.autocast(plan.device if plan.device != "mps" else "cpu",
-                        dtype=plan.autocast_dtype or torch.float32,
-                        enabled=plan.autocast_dtype is not None):
+    with torch.autocast(
+        plan.device if plan.device != "mps" else "cpu",
+        dtype=plan.autocast_dtype or torch.float32,
+        enabled=plan.autocast_dtype is not None,
+    ):
         logits = plan.model(**inputs, use_cache=False).logits
     return token_loss_and_hits(logits, batch["labels"])
 
@@ -232,8 +262,11 @@ def evaluate(plan: Plan) -> dict[str, float]:
     loss_sum, hits, count = plan.ctx.all_sum([loss_sum, hits, count])
     plan.model.train()
     loss = loss_sum / max(count, 1)
-    return {"eval_loss": loss, "eval_token_accuracy": hits / max(count, 1),
-            "eval_perplexity": perplexity(loss)}
+    return {
+        "eval_loss": loss,
+        "eval_token_accuracy": hits / max(count, 1),
+        "eval_perplexity": perplexity(loss),
+    }
 
 
 class _Window:
@@ -250,11 +283,15 @@ class _Window:
         self.tokens += tokens
 
     def record(self, ctx: DistContext) -> dict[str, float]:
-        loss_sum, hits, count, tokens = ctx.all_sum([self.loss_sum, self.hits, self.count,
-                                                     self.tokens])
+        loss_sum, hits, count, tokens = ctx.all_sum(
+            [self.loss_sum, self.hits, self.count, self.tokens]
+        )
         elapsed = time.perf_counter() - self.started
-        return {"loss": loss_sum / max(count, 1), "token_accuracy": hits / max(count, 1),
-                "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0}
+        return {
+            "loss": loss_sum / max(count, 1),
+            "token_accuracy": hits / max(count, 1),
+            "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+        }
 
 
 def train_step(plan: Plan, micro_batches: list[list[list[Encoded]]], window: _Window) -> float:
@@ -305,8 +342,9 @@ def fit(plan: Plan, log: MetricsLog) -> None:
     plan.scheduler = _schedule(cfg, plan.optimizer, plan.total_steps)
     latest = ckpt.latest_checkpoint(plan.work) if cfg.resume else None
     if latest is not None:
-        state = ckpt.load_checkpoint(latest, plan.model, plan.optimizer, plan.scheduler,
-                                     _resume_key(cfg))
+        state = ckpt.load_checkpoint(
+            latest, plan.model, plan.optimizer, plan.scheduler, _resume_key(cfg)
+        )
         plan.start_step = state.step
         log.truncate_after(state.step) if ctx.is_main else None
         progress.info(f"resuming from {latest} (step {state.step})")
@@ -332,15 +370,21 @@ def _loop(plan: Plan, log: MetricsLog) -> None:
             epoch, index = divmod(step, plan.steps_per_epoch)
             if epoch_steps[0] != epoch:
                 order = epoch_order(len(plan.train_rows), cfg.seed, epoch)
-                epoch_steps = (epoch, step_batches(plan.train_rows, order, cfg.batch_size,
-                                                   cfg.grad_accum))
+                epoch_steps = (
+                    epoch,
+                    step_batches(plan.train_rows, order, cfg.batch_size, cfg.grad_accum),
+                )
             grad_norm = train_step(plan, epoch_steps[1][index], window)
             done = step + 1
             # The first step is logged on its own, so the record shows where training started.
             if done % cfg.log_every == 0 or done in (1, plan.total_steps):
-                record = {"step": done, "epoch": round(step / plan.steps_per_epoch, 3),
-                          **window.record(ctx), "lr": plan.scheduler.get_last_lr()[0],
-                          "grad_norm": grad_norm}
+                record = {
+                    "step": done,
+                    "epoch": round(step / plan.steps_per_epoch, 3),
+                    **window.record(ctx),
+                    "lr": plan.scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                }
                 _log(plan, log, record)
                 bar.update(completed=done, loss=record["loss"], acc=record["token_accuracy"])
                 window = _Window()
@@ -364,15 +408,18 @@ def _log(plan: Plan, log: MetricsLog, record: dict[str, Any]) -> None:
     if plan.ctx.is_main:
         log.write(record)
         if "eval_loss" in record:
-            progress.info(f"step {record['step']}: eval loss {record['eval_loss']:.4f}, "
-                          f"token accuracy {record['eval_token_accuracy']:.3f}")
+            progress.info(
+                f"step {record['step']}: eval loss {record['eval_loss']:.4f}, "
+                f"token accuracy {record['eval_token_accuracy']:.3f}"
+            )
 
 
 def _save_checkpoint(plan: Plan, step: int, epoch: int) -> None:
     if plan.ctx.is_main:
         state = ckpt.TrainState(step=step, epoch=epoch, config=_resume_key(plan.cfg))
-        path = ckpt.save_checkpoint(plan.work, unwrap(plan.model), plan.optimizer,
-                                    plan.scheduler, state)
+        path = ckpt.save_checkpoint(
+            plan.work, unwrap(plan.model), plan.optimizer, plan.scheduler, state
+        )
         progress.info(f"checkpoint: {path}")
     plan.ctx.barrier()
 
@@ -390,9 +437,13 @@ def sample_generations(plan: Plan, count: int) -> list[dict[str, str]]:
     for example in examples:
         messages = example.messages[:-1]
         answer = complete(engine, messages, GenParams(max_tokens=64))
-        samples.append({"prompt": messages[-1]["content"],
-                        "reference": example.messages[-1]["content"],
-                        "output": answer.text})
+        samples.append(
+            {
+                "prompt": messages[-1]["content"],
+                "reference": example.messages[-1]["content"],
+                "output": answer.text,
+            }
+        )
     return samples
 
 
@@ -413,8 +464,10 @@ def save(plan: Plan, log: MetricsLog) -> Path:
         shutil.copy(log.path, art.path / "metrics.jsonl")
         plot_loss(records, art.path / "loss.png")
         manifest = art.manifest
-        manifest.source = {"base_model": source_of(cfg.model, "model"),
-                           "data": source_of(cfg.data, "data")}
+        manifest.source = {
+            "base_model": source_of(cfg.model, "model"),
+            "data": source_of(cfg.data, "data"),
+        }
         if cfg.eval_data:
             manifest.source["eval_data"] = source_of(cfg.eval_data, "data")
         manifest.config = cfg.model_dump(mode="json")
@@ -431,8 +484,13 @@ def save(plan: Plan, log: MetricsLog) -> Path:
         if cfg.merge:
             from slmforge.train.merge import merge_adapter
 
-            merge_adapter(art.path, art.path / "merged", base=cfg.model,
-                          trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+            merge_adapter(
+                art.path,
+                art.path / "merged",
+                base=cfg.model,
+                trust_remote_code=cfg.trust_remote_code,
+                allow_pickle=cfg.allow_pickle,
+            )
     return Path(cfg.out)
 
 

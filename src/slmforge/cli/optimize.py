@@ -1,0 +1,65 @@
+"""`slmforge optimize`: a Hugging Face model (+ LoRA adapters) -> a verified ONNX model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from slmforge.cli.options import model_command
+from slmforge.config.optimize import OptimizeConfig
+
+
+def _size(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return "-"
+    return f"{num_bytes / 1e6:.1f} MB" if num_bytes >= 1e5 else f"{num_bytes / 1e3:.1f} kB"
+
+
+def _summary(out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from slmforge.artifacts import read_manifest
+
+    manifest = read_manifest(out)
+    if manifest is None:
+        return
+    m, details = manifest.metrics, manifest.details
+    table = Table(title=f"{details['precision']} ONNX model ({details['device']}): {out}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("size before (safetensors)", _size(m["size_before_bytes"]))
+    table.add_row("size after (onnx)", _size(m["size_after_bytes"]))
+    table.add_row("ratio", f"{m['size_ratio']:.3f}" if m["size_ratio"] else "-")
+    table.add_row("build time", f"{m['build_s']:.1f} s")
+    console = Console()
+    console.print(table)
+    if m.get("parity"):
+        parity = Table(title="parity with PyTorch")
+        for column in ("variant", "prompts", "max logit diff", "agreement", "greedy match"):
+            parity.add_column(column, justify="right" if column != "variant" else "left")
+        for label, p in m["parity"].items():
+            parity.add_row(
+                label,
+                str(p["prompts"]),
+                f"{p['max_logit_diff']:.3g}",
+                f"{p['agreement']:.1%}",
+                f"{p['greedy_match']:.0%}",
+            )
+        console.print(parity)
+    for name, adapter in details.get("adapters", {}).items():
+        targets = ", ".join(adapter["target_modules"])
+        console.print(
+            f"adapter [bold]{name}[/bold]: {adapter['file']} (r={adapter['rank']}, {targets})"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    @model_command(app, "optimize", OptimizeConfig, config_file=True)
+    def optimize(cfg: OptimizeConfig) -> None:
+        """Build an ONNX Runtime GenAI model (fp32/fp16/int8/int4), with switchable LoRA adapters,
+        verified against PyTorch before it is kept."""
+        from slmforge.optimize.run import optimize as run_optimize
+
+        _summary(run_optimize(cfg))

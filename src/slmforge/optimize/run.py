@@ -1,0 +1,138 @@
+"""`slmforge optimize`: check -> build -> adapters -> verify -> keep.
+
+Everything that can be wrong with the input (model folder, architecture, device, adapters and
+their base, the output path, the verification data) is checked before the builder starts. The
+build happens inside an artifact temp folder, so a failed build or a failed verification leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from slmforge import progress
+from slmforge.artifacts import artifact, check_output, source_of
+from slmforge.config.optimize import OptimizeConfig
+from slmforge.optimize import adapters as lora
+from slmforge.optimize import onnx_build, verify
+
+
+def optimize(cfg: OptimizeConfig) -> Path:
+    """Build, verify and write the ONNX model folder; returns its path."""
+    source = onnx_build.resolve_model(cfg.model)
+    model_type = onnx_build.check_architecture(source)
+    onnx_build.check_device(cfg.precision, cfg.device)
+    check_output(cfg.out, cfg.force)
+    adapters = cfg.adapters()
+    infos = lora.check_adapters(adapters, source)
+    prompts = verify.verification_prompts(cfg.verify_data, cfg.verify_prompts)
+    from slmforge.models.chat import stop_strings
+    from slmforge.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    stops = stop_strings(tokenizer)
+    vocab = tokenizer.get_vocab()
+    stop_ids = [vocab[s] for s in stops if s in vocab]
+
+    with artifact(cfg.out, "onnx_model", force=cfg.force) as art:
+        started = time.monotonic()
+        _build(cfg, source, art.path, infos)
+        genai = onnx_build.finish_folder(art.path, source, tokenizer, stop_ids, cfg.max_length)
+        switchable = _write_adapters(art.path, infos) if infos and not cfg.merge_adapter else {}
+        build_s = time.monotonic() - started
+        parity = _verify(cfg, art.path, source, adapters, prompts) if cfg.verify else {}
+        art.manifest.source = {"model": source_of(source, "model")} | {
+            f"adapter:{info.name}": source_of(info.path, "adapter") for info in infos
+        }
+        art.manifest.config = cfg.model_dump(mode="json")
+        art.manifest.metrics = _metrics(source, art.path, build_s, parity)
+        art.manifest.chat_template = tokenizer.chat_template
+        art.manifest.stop = stops
+        art.manifest.details = {
+            "precision": cfg.precision,
+            "device": cfg.device,
+            "architecture": model_type,
+            "eos_token_id": genai["model"]["eos_token_id"],
+            "max_length": cfg.max_length,
+            "merged_adapter": infos[0].name if cfg.merge_adapter else None,
+            "adapters": switchable,
+            "builder": f"onnxruntime-genai {onnx_build.builder_version()}",
+        }
+    progress.info(f"wrote {cfg.out}")
+    return Path(cfg.out)
+
+
+def _build(cfg: OptimizeConfig, source: Path, out: Path, infos: list[lora.AdapterInfo]) -> None:
+    extra: dict[str, str] = {}
+    if infos:
+        extra["adapter_path"] = str(infos[0].path)
+    if infos and not cfg.merge_adapter and cfg.precision in ("int4", "int8"):
+        # Switchable LoRA weights are swapped at runtime as float tensors: keep their MatMuls
+        # out of quantization.
+        layers = json.loads((source / "config.json").read_text(encoding="utf-8"))
+        names = lora.lora_nodes_to_exclude(int(layers["num_hidden_layers"]))
+        extra["nodes_to_exclude"] = ",".join(names)
+    options = onnx_build.builder_options(cfg, extra)
+    with tempfile.TemporaryDirectory(prefix="slmforge-onnx-cache-") as cache:
+        onnx_build.run_builder(source, out, cfg.precision, cfg.device, options, Path(cache))
+
+
+def _write_adapters(folder: Path, infos: list[lora.AdapterInfo]) -> dict[str, Any]:
+    """Make the build adapter switchable and write every adapter as `<name>.onnx_adapter`."""
+    model_path = folder / "model.onnx"
+    shapes = lora.lora_initializer_shapes(model_path)
+    baked = lora.baked_tensors(model_path, list(shapes))
+    first = lora.onnx_tensors(infos[0], shapes)
+    lora.self_check(baked, first)
+    lora.make_switchable(model_path)
+    written = {}
+    for info in infos:
+        tensors = first if info is infos[0] else lora.onnx_tensors(info, shapes)
+        lora.write_adapter(tensors, folder / f"{info.name}.onnx_adapter")
+        written[info.name] = {
+            "file": f"{info.name}.onnx_adapter",
+            "rank": info.rank,
+            "alpha": info.alpha,
+            "target_modules": list(info.target_modules),
+        }
+    progress.info(f"wrote {len(infos)} switchable adapter(s): {', '.join(written)}")
+    return written
+
+
+def _verify(
+    cfg: OptimizeConfig,
+    folder: Path,
+    source: Path,
+    adapters: dict[str, Path],
+    prompts: list[list[dict[str, str]]],
+) -> dict[str, verify.Parity]:
+    results = verify.verify_build(
+        folder, source, adapters, cfg.merge_adapter, prompts, cfg.verify_tokens
+    )
+    threshold = cfg.agreement_threshold()
+    for label, parity in results.items():
+        progress.info(
+            f"parity {label}: max logit diff {parity.max_logit_diff:.3g}, "
+            f"agreement {parity.agreement:.1%}, greedy match {parity.greedy_match:.0%}"
+        )
+    for label, parity in results.items():
+        verify.check(parity, cfg.precision, threshold, label)
+    return results
+
+
+def _metrics(
+    source: Path, folder: Path, build_s: float, parity: dict[str, verify.Parity]
+) -> dict[str, Any]:
+    before = onnx_build.safetensors_bytes(source)
+    after = onnx_build.onnx_bytes(folder)
+    return {
+        "size_before_bytes": before,
+        "size_after_bytes": after,
+        "size_ratio": round(after / before, 4) if before else None,
+        "build_s": round(build_s, 2),
+        "parity": {label: p.as_dict() for label, p in parity.items()},
+    }
