@@ -44,26 +44,54 @@ def test_cli_reference_is_current():
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
-    code, _, err = _run(["data", "convert", str(tmp_path / "missing.jsonl"), "--out",
-                         str(tmp_path / "o.jsonl")], capsys)
+    code, _, err = _run(
+        ["data", "convert", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")],
+        capsys,
+    )
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and "missing.jsonl" in err
     assert "Traceback" not in err
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
-    code, _, err = _run(["--debug", "data", "convert", str(tmp_path / "missing.jsonl"), "--out",
-                         str(tmp_path / "o.jsonl")], capsys)
+    code, _, err = _run(
+        [
+            "--debug",
+            "data",
+            "convert",
+            str(tmp_path / "missing.jsonl"),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
+        capsys,
+    )
     assert code == 2 and "Traceback" in err
 
 
 def test_json_log_format_is_one_object_per_line(tmp_path):
     out = tmp_path / "travel.jsonl"
-    subprocess.run([sys.executable, "-m", "slmforge", "data", "sample", "--out", str(out)],
-                   capture_output=True, text=True, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "slmforge", "data", "sample", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "slmforge", "--log-format", "json", "data", "split", str(out),
-         "--out-dir", str(tmp_path / "split")], capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "slmforge",
+            "--log-format",
+            "json",
+            "data",
+            "split",
+            str(out),
+            "--out-dir",
+            str(tmp_path / "split"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     events = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert events and all("event" in e and "time" in e for e in events)

@@ -45,7 +45,10 @@ def _stats_line(final: object) -> str:
 
 
 def chat(
-    model: str = typer.Argument(help="Model folder or hub id."),
+    model: str = typer.Argument(
+        help="Model folder (PyTorch or ONNX), adapter folder, hub id, FOLDER+ADAPTER, or "
+        "openai:MODEL@BASE_URL."
+    ),
     adapter: list[str] = typer.Option(
         [], "--adapter", help="NAME=DIR of a LoRA adapter; repeat for more. The first one answers."
     ),
@@ -57,12 +60,18 @@ def chat(
     from rich.console import Console
 
     from slmforge.runtime.engine import GenParams
-    from slmforge.runtime.torch_engine import TorchEngine
 
     values = {"max_tokens": max_tokens, "temperature": temperature}
     params = validate(GenParams, values, option_keys=set(values))
     adapters = parse_adapters(adapter)
-    engine = TorchEngine(model, adapters=adapters)
+    if adapters:
+        from slmforge.runtime.torch_engine import TorchEngine
+
+        engine = TorchEngine(model, adapters=adapters)
+    else:
+        from slmforge.runtime.specs import load_engine
+
+        engine = load_engine(model)
     active = next(iter(adapters), None)
     stderr = Console(stderr=True, highlight=False)
     interactive = sys.stdin.isatty()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from importlib import import_module
 
 import typer
@@ -54,6 +55,11 @@ for _name in VERB_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit code 2 (input) or 1 (run)."""
+    # transformers warns about its own renamed attribute whenever peft touches a model; the
+    # user can do nothing about it, so it is noise in every fine-tune and merge.
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
     try:
         app(args=argv, prog_name="slmforge")
     except SlmforgeError as err:

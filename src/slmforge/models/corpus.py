@@ -10,6 +10,7 @@ docstrings, rendered through the model's chat template, so the model has seen it
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -123,8 +124,11 @@ def _module_docs(name: str) -> Iterator[str]:
         yield from _docs_from_import(name)
 
 
-def stdlib_docstrings(max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
-    """Distinct docstrings of the standard library, in a stable order, up to `max_chars`."""
+@functools.cache
+def stdlib_docstrings(max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str, ...]:
+    """Distinct docstrings of the standard library, in a stable order, up to `max_chars`.
+
+    Cached: parsing the library takes seconds, and building several models reuses it."""
     seen: set[str] = set()
     docs: list[str] = []
     total = 0
@@ -139,14 +143,14 @@ def stdlib_docstrings(max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
             docs.append(doc)
             total += len(doc)
             if total >= max_chars:
-                return docs
-    return docs
+                return tuple(docs)
+    return tuple(docs)
 
 
 _CHAT_DOCS = 600  # enough chats for the model to learn its template's markers
 
 
-def chat_documents(fmt: ChatFormat, docs: list[str]) -> list[str]:
+def chat_documents(fmt: ChatFormat, docs: tuple[str, ...]) -> list[str]:
     """Chats made from docstrings (summarize the body -> its summary line) in the format.
 
     They teach the chat markers and turn-taking without showing the model any of the data it
@@ -171,4 +175,4 @@ def chat_documents(fmt: ChatFormat, docs: list[str]) -> list[str]:
 def build_corpus(fmt: ChatFormat, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
     """The documents a tiny model is pretrained on (and its tokenizer trained on)."""
     docs = stdlib_docstrings(max_chars)
-    return docs + chat_documents(fmt, docs)
+    return [*docs, *chat_documents(fmt, docs)]

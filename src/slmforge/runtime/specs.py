@@ -121,12 +121,34 @@ def load_engine(
             timeout_s=timeout_s,
             max_retries=max_retries,
         )
+    return _local_engine(parsed, local_options)
+
+
+def _local_engine(parsed: EngineSpec, local_options: dict[str, Any]) -> Engine:
+    """An ONNX folder (genai_config.json) -> OnnxEngine; an adapter folder -> its base with it;
+    any other folder or hub id -> TorchEngine. `+ADAPTER` selects or loads an adapter."""
+    folder = Path(parsed.model)
+    if (folder / "genai_config.json").is_file():
+        from slmforge.runtime.onnx_engine import OnnxEngine
+
+        engine: Any = OnnxEngine(folder)
+        if parsed.adapter is None:
+            return engine
+        if parsed.adapter not in engine.adapters():
+            known = ", ".join(engine.adapters()) or "none"
+            raise InputError(f"{folder} has no adapter {parsed.adapter!r} (known: {known})")
+        return AdapterSelected(engine, parsed.adapter)
     # imported here so remote use never pays for (or needs) torch
     from slmforge.runtime.torch_engine import TorchEngine
 
-    if parsed.adapter is None:
-        return TorchEngine(parsed.model, **local_options)
-    if not Path(parsed.adapter).is_dir():
-        raise InputError(f"adapter folder not found: {parsed.adapter}")
-    engine = TorchEngine(parsed.model, adapters={DEFAULT_ADAPTER: parsed.adapter}, **local_options)
+    base, adapter = parsed.model, parsed.adapter
+    if adapter is None and (folder / "adapter_config.json").is_file():
+        from slmforge.train.merge import base_of
+
+        base, adapter = base_of(folder), str(folder)
+    if adapter is None:
+        return TorchEngine(base, **local_options)
+    if not Path(adapter).is_dir():
+        raise InputError(f"adapter folder not found: {adapter}")
+    engine = TorchEngine(base, adapters={DEFAULT_ADAPTER: adapter}, **local_options)
     return AdapterSelected(engine, DEFAULT_ADAPTER)
