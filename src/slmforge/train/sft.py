@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import signal
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +18,14 @@ from slmforge import progress
 from slmforge.artifacts import artifact, check_output, source_of
 from slmforge.config.finetune import FinetuneConfig
 from slmforge.data.formats import read_examples
-from slmforge.errors import InputError, Interrupted
+from slmforge.errors import InputError
 from slmforge.train import checkpoint as ckpt
-from slmforge.train.collate import Encoded, collate, encode, epoch_order, pack, step_batches
-from slmforge.train.distributed import DistContext, unwrap, wrap_ddp
+from slmforge.train.collate import Encoded, encode, pack
+from slmforge.train.distributed import DistContext, unwrap
+from slmforge.train.loop import Plan, fit
 from slmforge.train.memory import estimate
-from slmforge.train.methods import MethodBase, get_method
-from slmforge.train.metrics import MetricsLog, perplexity, token_loss_and_hits
-
-
-@dataclass
-class Plan:
-    """Everything the loop needs, prepared by `setup`."""
-
-    cfg: FinetuneConfig
-    ctx: DistContext
-    method: MethodBase
-    device: str
-    autocast_dtype: torch.dtype | None
-    tokenizer: Any
-    model: Any
-    train_rows: list[list[Encoded]]
-    eval_rows: list[list[Encoded]]
-    eval_examples: list[Any]
-    steps_per_epoch: int
-    total_steps: int
-    work: Path
-    optimizer: Any = None
-    scheduler: Any = None
-    start_step: int = 0
-    interrupted: bool = field(default=False)
+from slmforge.train.methods import get_method
+from slmforge.train.metrics import MetricsLog
 
 
 def work_dir(out: Path) -> Path:
@@ -152,25 +127,6 @@ def load_data(
     return _encode_all(tokenizer, train, cfg), _encode_all(tokenizer, evals, cfg), evals
 
 
-def _schedule(cfg: FinetuneConfig, optimizer: Any, total_steps: int) -> Any:
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        span = max(total_steps - cfg.warmup_steps, 1)
-        done = min((step - cfg.warmup_steps) / span, 1.0)
-        if cfg.lr_scheduler == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * done))
-        if cfg.lr_scheduler == "linear":
-            return 1.0 - done
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _resume_key(cfg: FinetuneConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")
-
-
 def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
     from slmforge.models.load import load_causal_lm, load_tokenizer
 
@@ -235,193 +191,6 @@ def check_memory(plan: Plan) -> None:
     if cfg.strict_memory:
         raise InputError(message + "; lower --batch-size or --max-seq-len, or use LoRA")
     progress.warn(message)
-
-
-def _forward(plan: Plan, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-    inputs = {k: v.to(plan.device) for k, v in batch.items() if k != "labels"}
-    with torch.autocast(
-        plan.device if plan.device != "mps" else "cpu",
-        dtype=plan.autocast_dtype or torch.float32,
-        enabled=plan.autocast_dtype is not None,
-    ):
-        logits = plan.model(**inputs, use_cache=False).logits
-    return token_loss_and_hits(logits, batch["labels"])
-
-
-@torch.no_grad()
-def evaluate(plan: Plan) -> dict[str, float]:
-    """Eval loss, token accuracy and perplexity over the whole eval set (all ranks)."""
-    plan.model.eval()
-    mine = plan.eval_rows[plan.ctx.rank :: plan.ctx.world]
-    loss_sum, hits, count = 0.0, 0, 0
-    pad = plan.tokenizer.pad_token_id or 0
-    for start in range(0, len(mine), plan.cfg.batch_size):
-        batch = collate(mine[start : start + plan.cfg.batch_size], pad, packed=False)
-        part_loss, part_hits, part_count = _forward(plan, batch)
-        loss_sum, hits, count = loss_sum + part_loss.item(), hits + part_hits, count + part_count
-    loss_sum, hits, count = plan.ctx.all_sum([loss_sum, hits, count])
-    plan.model.train()
-    loss = loss_sum / max(count, 1)
-    return {
-        "eval_loss": loss,
-        "eval_token_accuracy": hits / max(count, 1),
-        "eval_perplexity": perplexity(loss),
-    }
-
-
-class _Window:
-    """Token-weighted averages between two metric records."""
-
-    def __init__(self) -> None:
-        self.loss_sum = self.hits = self.count = self.tokens = 0.0
-        self.started = time.perf_counter()
-
-    def add(self, loss_sum: float, hits: int, count: int, tokens: int) -> None:
-        self.loss_sum += loss_sum
-        self.hits += hits
-        self.count += count
-        self.tokens += tokens
-
-    def record(self, ctx: DistContext) -> dict[str, float]:
-        loss_sum, hits, count, tokens = ctx.all_sum(
-            [self.loss_sum, self.hits, self.count, self.tokens]
-        )
-        elapsed = time.perf_counter() - self.started
-        return {
-            "loss": loss_sum / max(count, 1),
-            "token_accuracy": hits / max(count, 1),
-            "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
-        }
-
-
-def train_step(plan: Plan, micro_batches: list[list[list[Encoded]]], window: _Window) -> float:
-    """One optimizer step over `grad_accum` micro-batches; returns the gradient norm."""
-    ctx, cfg = plan.ctx, plan.cfg
-    pad = plan.tokenizer.pad_token_id or 0
-    # Every rank knows the whole step, so the global token count needs no communication.
-    step_tokens = sum(sum(e.trained_tokens - 1 for e in row) for mb in micro_batches for row in mb)
-    for index, micro in enumerate(micro_batches):
-        mine = micro[ctx.rank :: ctx.world]
-        batch = collate(mine, pad, packed=cfg.packing)
-        syncing = index == len(micro_batches) - 1 or not ctx.enabled
-        with _maybe_no_sync(plan.model, syncing):
-            loss_sum, hits, count = _forward(plan, batch)
-            # DDP averages gradients over ranks; scaling by world turns that into a global sum.
-            (loss_sum * ctx.world / max(step_tokens, 1)).backward()
-        window.add(loss_sum.item(), hits, count, sum(len(e.input_ids) for r in mine for e in r))
-    grad_norm = 0.0
-    if cfg.max_grad_norm > 0:
-        grads = [p for p in plan.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm))
-    plan.optimizer.step()
-    plan.scheduler.step()
-    plan.optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
-def _maybe_no_sync(model: Any, syncing: bool) -> Any:
-    from contextlib import nullcontext
-
-    return nullcontext() if syncing or not hasattr(model, "no_sync") else model.no_sync()
-
-
-def _install_interrupt_handler(plan: Plan) -> Any:
-    def handler(_signum: int, _frame: Any) -> None:
-        plan.interrupted = True
-
-    try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread (e.g. a worker thread of the jobs server)
-        return None
-
-
-def fit(plan: Plan, log: MetricsLog) -> None:
-    cfg, ctx = plan.cfg, plan.ctx
-    trainable = [p for p in plan.model.parameters() if p.requires_grad]
-    plan.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    plan.scheduler = _schedule(cfg, plan.optimizer, plan.total_steps)
-    latest = ckpt.latest_checkpoint(plan.work) if cfg.resume else None
-    if latest is not None:
-        state = ckpt.load_checkpoint(
-            latest, plan.model, plan.optimizer, plan.scheduler, _resume_key(cfg)
-        )
-        plan.start_step = state.step
-        log.truncate_after(state.step) if ctx.is_main else None
-        progress.info(f"resuming from {latest} (step {state.step})")
-    plan.model = wrap_ddp(plan.model, ctx, plan.device)
-    plan.model.train()
-    if plan.start_step == 0 and plan.eval_rows:
-        _log(plan, log, {"step": 0, **evaluate(plan)})
-    previous = _install_interrupt_handler(plan)
-    try:
-        _loop(plan, log)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _loop(plan: Plan, log: MetricsLog) -> None:
-    cfg, ctx = plan.cfg, plan.ctx
-    window = _Window()
-    epoch_steps: tuple[int, list[Any]] = (-1, [])
-    with progress.task("Fine-tuning", total=plan.total_steps) as bar:
-        bar.update(completed=plan.start_step)
-        for step in range(plan.start_step, plan.total_steps):
-            epoch, index = divmod(step, plan.steps_per_epoch)
-            if epoch_steps[0] != epoch:
-                order = epoch_order(len(plan.train_rows), cfg.seed, epoch)
-                epoch_steps = (
-                    epoch,
-                    step_batches(plan.train_rows, order, cfg.batch_size, cfg.grad_accum),
-                )
-            grad_norm = train_step(plan, epoch_steps[1][index], window)
-            done = step + 1
-            # The first step is logged on its own, so the record shows where training started.
-            if done % cfg.log_every == 0 or done in (1, plan.total_steps):
-                record = {
-                    "step": done,
-                    "epoch": round(step / plan.steps_per_epoch, 3),
-                    **window.record(ctx),
-                    "lr": plan.scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                }
-                _log(plan, log, record)
-                bar.update(completed=done, loss=record["loss"], acc=record["token_accuracy"])
-                window = _Window()
-            else:
-                bar.update(completed=done)
-            if plan.eval_rows and cfg.eval_every and done % cfg.eval_every == 0:
-                _log(plan, log, {"step": done, **evaluate(plan)})
-            if ctx.any_true(plan.interrupted):
-                _save_checkpoint(plan, done, epoch)
-                raise Interrupted(
-                    f"interrupted at step {done}; checkpoint saved in {plan.work}; run the same "
-                    "command with --resume to continue"
-                )
-            if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
-                _save_checkpoint(plan, done, epoch)
-    if plan.eval_rows and not (cfg.eval_every and plan.total_steps % cfg.eval_every == 0):
-        _log(plan, log, {"step": plan.total_steps, **evaluate(plan)})
-
-
-def _log(plan: Plan, log: MetricsLog, record: dict[str, Any]) -> None:
-    if plan.ctx.is_main:
-        log.write(record)
-        if "eval_loss" in record:
-            progress.info(
-                f"step {record['step']}: eval loss {record['eval_loss']:.4f}, "
-                f"token accuracy {record['eval_token_accuracy']:.3f}"
-            )
-
-
-def _save_checkpoint(plan: Plan, step: int, epoch: int) -> None:
-    if plan.ctx.is_main:
-        state = ckpt.TrainState(step=step, epoch=epoch, config=_resume_key(plan.cfg))
-        path = ckpt.save_checkpoint(
-            plan.work, unwrap(plan.model), plan.optimizer, plan.scheduler, state
-        )
-        progress.info(f"checkpoint: {path}")
-    plan.ctx.barrier()
 
 
 def sample_generations(plan: Plan, count: int) -> list[dict[str, str]]:
