@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import Field
 
@@ -181,3 +181,51 @@ class StopStringFilter:
     def flush(self) -> str:
         out, self.pending = ("" if self.stopped else self.pending), ""
         return out
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of the decoded text already returned
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait
+            return ""
+        delta, self.emitted = text[self.emitted :], len(text)
+        return delta
+
+
+def token_deltas(
+    tokens: Iterator[int],
+    tokenizer: Any,
+    stop_ids: set[int],
+    params: GenParams,
+    prompt_tokens: int,
+) -> Iterator[Delta]:
+    """Text deltas for the ids a local engine samples, cut at a stop token, a stop string or
+    `max_tokens`, then the final delta with finish_reason and usage (shared by local engines)."""
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    stops = StopStringFilter(params.stop)
+    finish, completion = "length", 0
+    for token_id in tokens:
+        completion += 1
+        if token_id in stop_ids:
+            finish = "stop"
+            break
+        text = stops.feed(detokenizer.add(token_id))
+        if text:
+            yield Delta(text=text)
+        if stops.stopped:
+            finish = "stop"
+            break
+        if completion >= params.max_tokens:
+            break
+    rest = stops.flush()
+    if rest:
+        yield Delta(text=rest)
+    yield Delta(finish_reason=finish, usage=Usage(prompt_tokens, completion))

@@ -18,8 +18,7 @@ from typing import Any
 from slmforge.errors import InputError, ModelError
 from slmforge.models.chat import stop_strings
 from slmforge.models.load import load_tokenizer
-from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, StopStringFilter, Usage
-from slmforge.runtime.torch_engine import _Detokenizer
+from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, token_deltas
 
 
 def _default_adapters(folder: Path) -> dict[str, str]:
@@ -99,29 +98,11 @@ class OnnxEngine(BaseEngine):
         return self._stream(prompt, params, adapter)
 
     def _stream(self, prompt: list[int], params: GenParams, adapter: str | None) -> Iterator[Delta]:
-        detok = _Detokenizer(self.tokenizer)
-        stops = StopStringFilter(params.stop)
-        finish, completion = "length", 0
         with self._lock:
             generator = self.generator(len(prompt), params, adapter)
             generator.append_tokens(prompt)
-            while completion < params.max_tokens and not generator.is_done():
-                generator.generate_next_token()
-                token_id = int(generator.get_next_tokens()[0])
-                completion += 1
-                if token_id in self.stop_ids:
-                    finish = "stop"
-                    break
-                text = stops.feed(detok.add(token_id))
-                if text:
-                    yield Delta(text=text)
-                if stops.stopped:
-                    finish = "stop"
-                    break
-        rest = stops.flush()
-        if rest:
-            yield Delta(text=rest)
-        yield Delta(finish_reason=finish, usage=Usage(len(prompt), completion))
+            tokens = _sampled_ids(generator)
+            yield from token_deltas(tokens, self.tokenizer, self.stop_ids, params, len(prompt))
 
     def logits(self, token_ids: list[int], adapter: str | None = None) -> Any:
         """Logits for every position of `token_ids` in one forward pass (numpy, [len, vocab])."""
@@ -130,3 +111,10 @@ class OnnxEngine(BaseEngine):
             generator = self.generator(len(token_ids), GenParams(max_tokens=1), adapter)
             generator.append_tokens(token_ids)
             return generator.get_output("logits")[0]
+
+
+def _sampled_ids(generator: Any) -> Iterator[int]:
+    """Ids from an onnxruntime-genai generator, one step at a time, until it is done."""
+    while not generator.is_done():
+        generator.generate_next_token()
+        yield int(generator.get_next_tokens()[0])

@@ -18,7 +18,7 @@ from typing import Any
 from slmforge.errors import InputError, ModelError
 from slmforge.models.chat import stop_strings
 from slmforge.models.load import load_causal_lm, load_tokenizer
-from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, StopStringFilter, Usage
+from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, token_deltas
 
 
 def sample_next(logits: Any, params: GenParams, generator: Any) -> int:
@@ -40,23 +40,6 @@ def sample_next(logits: Any, params: GenParams, generator: Any) -> int:
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-class _Detokenizer:
-    """Turns a growing list of ids into text deltas, holding back incomplete UTF-8 sequences."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = 0  # characters of the decoded text already returned
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait
-            return ""
-        delta, self.emitted = text[self.emitted :], len(text)
-        return delta
 
 
 class TorchEngine(BaseEngine):
@@ -133,26 +116,10 @@ class TorchEngine(BaseEngine):
             generator.manual_seed(params.seed)
         else:
             generator.seed()
-        detok = _Detokenizer(self.tokenizer)
-        stops = StopStringFilter(params.stop)
-        finish, completion = "length", 0
         # One generation at a time: adapters are switched on the shared model.
         with self._lock, torch.inference_mode(), self._adapter_context(adapter):
-            for token_id in self._tokens(prompt_ids, params, generator):
-                completion += 1
-                if token_id in self.stop_ids:
-                    finish = "stop"
-                    break
-                text = stops.feed(detok.add(token_id))
-                if text:
-                    yield Delta(text=text)
-                if stops.stopped:
-                    finish = "stop"
-                    break
-        rest = stops.flush()
-        if rest:
-            yield Delta(text=rest)
-        yield Delta(finish_reason=finish, usage=Usage(len(prompt_ids), completion))
+            tokens = self._tokens(prompt_ids, params, generator)
+            yield from token_deltas(tokens, self.tokenizer, self.stop_ids, params, len(prompt_ids))
 
     def _tokens(self, prompt_ids: list[int], params: GenParams, generator: Any) -> Iterator[int]:
         """Up to `max_tokens` sampled ids, one forward pass each after the prompt's prefill."""
