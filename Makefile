@@ -21,7 +21,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
-	CI=$${CI:-} $(BIN)/python -m pytest -n 2 -q
+	CI=$${CI:-} $(BIN)/python -m pytest -n 2 -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
