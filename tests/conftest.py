@@ -97,3 +97,73 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.skipped and os.environ.get("CI", "").lower() == "true" and call.when != "teardown":
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true (a missing dependency?): {report.longrepr}"
+
+
+def cached_artifact(name: str, build: Callable[[Path], object]) -> Path:
+    """A derived artifact (adapters, ONNX builds) built once per code version, like the models:
+    `build(folder)` must write `folder` atomically (every slmforge stage does)."""
+    root = REPO / ".cache" / "test-models" / _cache_key()
+    folder = root / name
+    with _locked(root / f"{name}.lock"):
+        if read_manifest(folder) is None:
+            build(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_adapters(tiny_llama: Path) -> dict[str, Path]:
+    """Two LoRA adapters of the tiny llama, trained 10 steps with different seeds and rates."""
+    from slmforge.config.finetune import FinetuneConfig
+    from slmforge.data.sample import write_sample
+    from slmforge.train.sft import finetune
+
+    data = cached_artifact("sample-data", lambda out: _sample_split(out, write_sample))
+    adapters = {}
+    for name, seed, lr in (("travel", 1, 1e-2), ("terse", 2, 2e-2)):
+        config = {"seed": seed, "lr": lr, "max_steps": 10, "batch_size": 4, "samples": 0}
+
+        def build(out: Path, config: dict = config) -> None:
+            finetune(
+                FinetuneConfig(
+                    model=str(tiny_llama),
+                    data=data / "train.jsonl",
+                    out=out,
+                    target_modules=["q_proj", "v_proj", "down_proj"],
+                    **config,
+                )
+            )
+
+        adapters[name] = cached_artifact(f"llama-adapter-{name}", build)
+    return adapters
+
+
+def _sample_split(out: Path, write_sample: Callable[..., Path]) -> None:
+    from slmforge.config.data import SplitConfig
+    from slmforge.data.split import run_split
+
+    raw = out.parent / f"{out.name}.raw.jsonl"
+    write_sample(raw, force=True)
+    run_split(SplitConfig(input=raw, out_dir=out, validation=0.1, test=0.1, seed=3, force=True))
+
+
+@pytest.fixture(scope="session")
+def llama_onnx(tiny_llama: Path, llama_adapters: dict[str, Path]) -> Path:
+    """The tiny llama as an fp32 ONNX folder with both adapters as .onnx_adapter files."""
+    from slmforge.config.optimize import OptimizeConfig
+    from slmforge.optimize.run import optimize
+
+    def build(out: Path) -> None:
+        adapters = [f"{name}={path}" for name, path in llama_adapters.items()]
+        optimize(
+            OptimizeConfig(
+                model=str(tiny_llama),
+                adapter=adapters,
+                precision="fp32",
+                out=out,
+                verify_prompts=2,
+                verify_tokens=8,
+                force=True,
+            )
+        )
+
+    return cached_artifact("llama-onnx-fp32", build)

@@ -85,17 +85,17 @@ def _torch_greedy(model: Any, prompt: list[int], steps: int, stop_ids: set[int])
 
 
 def _onnx_greedy(engine: Any, prompt: list[int], steps: int, adapter: str | None) -> list[int]:
-    from slmforge.runtime.engine import GenParams
+    """Greedy ids from the ONNX engine's own decode session (the path serving uses)."""
+    import numpy as np
 
-    generator = engine.generator(len(prompt), GenParams(max_tokens=steps), adapter)
-    generator.append_tokens(prompt)
     out_ids: list[int] = []
-    while len(out_ids) < steps and not generator.is_done():
-        generator.generate_next_token()
-        out_ids.append(int(generator.get_next_tokens()[0]))
-        if out_ids[-1] in engine.stop_ids:
-            break
-    return out_ids
+    with engine.session(adapter, len(prompt) + steps) as forward:
+        logits = forward(prompt)
+        while True:
+            out_ids.append(int(np.argmax(logits)))
+            if out_ids[-1] in engine.stop_ids or len(out_ids) >= steps:
+                return out_ids
+            logits = forward([out_ids[-1]])
 
 
 def compare(

@@ -29,6 +29,9 @@ class GenParams(StrictModel):
     top_k: int = Field(0, ge=0, description="0 = off.")
     seed: int | None = Field(None, description="Seed for sampling.")
     stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
+    logprobs: bool = Field(False, description="Report each generated token's log-probability.")
+    top_logprobs: int = Field(0, ge=0, le=20, description="Most likely alternatives per token.")
+    json_mode: bool = Field(False, description="Constrain the reply to one JSON object.")
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Delta:
     finish_reason: str | None = None  # "stop" | "length" on the final delta
     usage: Usage | None = None
     timings: Timings | None = None
+    logprobs: list[Any] | None = None  # sampling.TokenLogprob of the tokens in this delta
 
 
 @dataclass
@@ -201,31 +205,37 @@ class IncrementalDetokenizer:
 
 
 def token_deltas(
-    tokens: Iterator[int],
+    tokens: Iterator[Any],
     tokenizer: Any,
     stop_ids: set[int],
     params: GenParams,
     prompt_tokens: int,
 ) -> Iterator[Delta]:
-    """Text deltas for the ids a local engine samples, cut at a stop token, a stop string or
-    `max_tokens`, then the final delta with finish_reason and usage (shared by local engines)."""
+    """Text deltas for the tokens a local engine samples (`sampling.Sampled`), cut at a stop
+    token, a stop string, the end of a JSON object or `max_tokens`, then the final delta with
+    finish_reason and usage (shared by local engines). With `params.logprobs` each text delta
+    carries the log-probabilities of the tokens whose text it releases."""
     detokenizer = IncrementalDetokenizer(tokenizer)
     stops = StopStringFilter(params.stop)
     finish, completion = "length", 0
-    for token_id in tokens:
+    pending: list[Any] = []  # logprobs of tokens whose text is not yet released
+    for sampled in tokens:
         completion += 1
-        if token_id in stop_ids:
+        if sampled.token_id in stop_ids:
             finish = "stop"
             break
-        text = stops.feed(detokenizer.add(token_id))
+        if sampled.logprob is not None:
+            pending.append(sampled.logprob)
+        text = stops.feed(detokenizer.add(sampled.token_id))
         if text:
-            yield Delta(text=text)
-        if stops.stopped:
+            yield Delta(text=text, logprobs=pending or None)
+            pending = []
+        if stops.stopped or sampled.ends:
             finish = "stop"
             break
         if completion >= params.max_tokens:
             break
     rest = stops.flush()
-    if rest:
-        yield Delta(text=rest)
+    if rest or pending:
+        yield Delta(text=rest, logprobs=pending or None)
     yield Delta(finish_reason=finish, usage=Usage(prompt_tokens, completion))

@@ -109,7 +109,8 @@ _ERRORS = (openai.APIError, json.JSONDecodeError)
 
 class RemoteEngine(BaseEngine):
     """Chat with `model` at `base_url`; `adapter`, when given, is the model name to ask for
-    (our server exposes each adapter as a model)."""
+    (our server exposes each adapter as a model). With `api_version` the endpoint is Azure
+    OpenAI: `base_url` is the resource endpoint and `model` the deployment."""
 
     def __init__(
         self,
@@ -123,10 +124,12 @@ class RemoteEngine(BaseEngine):
         max_backoff_s: float = 8.0,
         max_total_s: float = 300.0,
         sleep: Callable[[float], None] = time.sleep,
+        api_version: str | None = None,
+        name: str | None = None,
     ) -> None:
         self.model = model
         self.base_url = base_url
-        self.name = f"openai:{model}@{safe_url(base_url)}"
+        self.name = name or f"openai:{model}@{safe_url(base_url)}"
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -135,9 +138,19 @@ class RemoteEngine(BaseEngine):
         self._sleep = sleep
         self._jitter = random.Random()
         self._key = resolve_api_key(base_url, api_key, api_key_env)
-        self._client = openai.OpenAI(
-            base_url=base_url, api_key=self._key, max_retries=0, timeout=timeout_s
-        )
+        self._client: openai.OpenAI
+        if api_version:
+            self._client = openai.AzureOpenAI(
+                azure_endpoint=base_url,
+                api_version=api_version,
+                api_key=self._key,
+                max_retries=0,
+                timeout=timeout_s,
+            )
+        else:
+            self._client = openai.OpenAI(
+                base_url=base_url, api_key=self._key, max_retries=0, timeout=timeout_s
+            )
 
     def adapters(self) -> list[str]:
         return []

@@ -3,6 +3,7 @@
 ```
 openai:MODEL@BASE_URL     any OpenAI-compatible endpoint (openai:travel@http://127.0.0.1:8000/v1)
 openai:MODEL              base URL from OPENAI_BASE_URL, else the OpenAI API
+profile:NAME[:MODEL]      a cloud profile (`slmforge profile add`): its URL, model and key
 PATH_OR_HUB_ID            a local model folder or hub id, run with PyTorch
 PATH+ADAPTER_DIR          a base model plus one LoRA adapter, selected for every request
 ```
@@ -22,18 +23,33 @@ from slmforge.runtime.engine import Engine, GenParams, Message
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ADAPTER = "default"
-_FORMS = "use openai:MODEL@BASE_URL, openai:MODEL, a model folder or hub id, or PATH+ADAPTER_DIR"
+_FORMS = (
+    "use openai:MODEL@BASE_URL, openai:MODEL, profile:NAME, a model folder or hub id, "
+    "or PATH+ADAPTER_DIR"
+)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]+):")
 
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """A parsed spec: `kind` "openai" (model + base_url) or "local" (model path + adapter)."""
+    """A parsed spec: `kind` "openai" (model + base_url, and the cloud `profile` that gave
+    them, if any) or "local" (model path + adapter)."""
 
     kind: Literal["openai", "local"]
     model: str
     base_url: str | None = None
     adapter: str | None = None
+    profile: str | None = None
+
+
+def check_base_url(url: str, label: str, example: str = OPENAI_DEFAULT_BASE_URL) -> str:
+    """`url` without a trailing slash, or an InputError saying what a base URL looks like."""
+    url = url.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url) or any(c.isspace() for c in url):
+        raise InputError(
+            f"{label}: base URL {url!r} must start with http:// or https://, e.g. {example}"
+        )
+    return url
 
 
 def parse_engine_spec(spec: str, env: Mapping[str, str] | None = None) -> EngineSpec:
@@ -44,6 +60,8 @@ def parse_engine_spec(spec: str, env: Mapping[str, str] | None = None) -> Engine
         raise InputError(f"empty engine spec; {_FORMS}")
     if text.startswith("openai:"):
         return _parse_openai(spec, text.removeprefix("openai:"), env)
+    if text.startswith("profile:"):
+        return _parse_profile(text.removeprefix("profile:"))
     if Path(text).exists():
         return EngineSpec(kind="local", model=text)
     scheme = _SCHEME.match(text)
@@ -61,13 +79,18 @@ def _parse_openai(spec: str, rest: str, env: Mapping[str, str]) -> EngineSpec:
         raise InputError(f"engine spec {spec!r} names no model; e.g. openai:gpt-4o-mini")
     if not at:
         url = env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
-    url = url.strip().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", url) or any(c.isspace() for c in url):
-        raise InputError(
-            f"engine spec {spec!r}: base URL {url!r} must start with http:// or https://, "
-            "e.g. openai:travel@http://127.0.0.1:8000/v1"
-        )
+    url = check_base_url(url, f"engine spec {spec!r}", "openai:travel@http://127.0.0.1:8000/v1")
     return EngineSpec(kind="openai", model=model, base_url=url)
+
+
+def _parse_profile(rest: str) -> EngineSpec:
+    """`NAME` or `NAME:MODEL` (profile names have no colon; model names may)."""
+    from slmforge.profiles import get_profile
+
+    name, _, model = rest.partition(":")
+    profile = get_profile(name.strip())
+    model = model.strip() or profile.request_model
+    return EngineSpec(kind="openai", model=model, base_url=profile.base_url, profile=name.strip())
 
 
 def _parse_local(spec: str, text: str) -> EngineSpec:
@@ -106,9 +129,16 @@ def load_engine(
     max_retries: int = 5,
     **local_options: Any,
 ) -> Engine:
-    """Build the engine a spec names. Remote options apply to openai: specs; `local_options`
-    go to `TorchEngine` for local models."""
+    """Build the engine a spec names. Remote options apply to openai: and profile: specs (a
+    profile brings its own key, so `api_key`/`api_key_env` do not apply to it);
+    `local_options` go to `TorchEngine` for local models."""
     parsed = parse_engine_spec(spec) if isinstance(spec, str) else spec
+    if parsed.profile is not None:
+        from slmforge.profiles import profile_engine
+
+        return profile_engine(
+            parsed.profile, parsed.model, timeout_s=timeout_s, max_retries=max_retries
+        )
     if parsed.kind == "openai":
         from slmforge.runtime.remote import RemoteEngine
 

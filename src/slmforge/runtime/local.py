@@ -1,0 +1,132 @@
+"""`LocalEngine`: what PyTorch and ONNX engines share once they can run a forward pass.
+
+A local engine knows its tokenizer, its stop ids, its context length and its adapters; it
+renders chats with the model's own template, and turns a forward function into streamed text
+(`sampling.sampled_tokens` -> `engine.token_deltas`). Besides chat it offers what an
+OpenAI-compatible server needs for `/v1/completions`: generation from raw token ids and the
+log-probability of every token of a given sequence (lm-eval's loglikelihood requests).
+
+Subclasses provide `session(adapter, max_length)`, a context manager yielding
+`forward(new_ids) -> logits of the last position`, and `sequence_logits(ids, adapter)`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+
+from slmforge.errors import InputError, ModelError
+from slmforge.models.chat import stop_strings
+from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, measure, token_deltas
+from slmforge.runtime.json_mode import JsonConstraint
+from slmforge.runtime.sampling import (
+    Sampler,
+    TokenLogprob,
+    log_softmax,
+    sampled_tokens,
+    token_logprob,
+)
+
+Forward = Callable[[list[int]], np.ndarray]
+
+
+class ContextLengthError(InputError):
+    """The prompt leaves no room in the model's context (HTTP 413 in the server)."""
+
+
+class LocalEngine(BaseEngine):
+    tokenizer: Any
+    stop_ids: set[int]
+    context_length: int
+    source: str  # the folder or hub id, for messages
+
+    def _init_local(self, tokenizer: Any, adapters: list[str], eos: Any) -> None:
+        self.tokenizer = tokenizer
+        self._adapter_names = list(adapters)
+        self.stop_ids = set([eos] if isinstance(eos, int) else eos or [])
+        vocab = tokenizer.get_vocab()
+        self.stop_ids |= {vocab[s] for s in stop_strings(tokenizer) if s in vocab}
+        # One generation at a time: adapters are switched on the shared model.
+        self._lock = threading.Lock()
+
+    def adapters(self) -> list[str]:
+        return list(self._adapter_names)
+
+    def check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self._adapter_names:
+            known = ", ".join(self._adapter_names) or "none loaded"
+            raise InputError(f"unknown adapter {adapter!r} (known: {known})")
+
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        if not self.tokenizer.chat_template:
+            raise ModelError(f"{self.source} has no chat template; chat needs one")
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        # The template writes bos itself where the format has one.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, text: str) -> list[int]:
+        """Plain text as the tokenizer encodes it by default (bos where the model adds one)."""
+        return self.tokenizer(text)["input_ids"]
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def check_room(self, prompt_len: int) -> None:
+        if prompt_len >= self.context_length:
+            raise ContextLengthError(
+                f"the prompt has {prompt_len} tokens; this model's context is "
+                f"{self.context_length} tokens and needs room for at least one more"
+            )
+
+    def generate(
+        self, messages: list[Message], params: GenParams, adapter: str | None = None
+    ) -> Iterator[Delta]:
+        # Checked here, not inside the stream, so bad requests fail before the first delta.
+        self.check_adapter(adapter)
+        prompt = self.prompt_ids(messages)
+        self.check_room(len(prompt))
+        return self._stream(prompt, params, adapter)
+
+    def generate_ids(
+        self, prompt: list[int], params: GenParams, adapter: str | None = None
+    ) -> Iterator[Delta]:
+        """Continue raw token ids (no chat template), measured like `chat`."""
+        self.check_adapter(adapter)
+        if not prompt:
+            raise InputError("the prompt is empty")
+        self.check_room(len(prompt))
+        return measure(self._stream(prompt, params, adapter))
+
+    def _stream(self, prompt: list[int], params: GenParams, adapter: str | None) -> Iterator[Delta]:
+        room = self.context_length - len(prompt)
+        if params.max_tokens > room:  # as llama-server does: shorten, finish_reason says so
+            params = params.model_copy(update={"max_tokens": room})
+        constraint = JsonConstraint(self.tokenizer) if params.json_mode else None
+        with self._lock, self.session(adapter, len(prompt) + params.max_tokens) as forward:
+            tokens = sampled_tokens(forward, prompt, Sampler(params, constraint))
+            yield from token_deltas(tokens, self.tokenizer, self.stop_ids, params, len(prompt))
+
+    def score(self, ids: list[int], adapter: str | None = None, top: int = 0) -> list[Any]:
+        """Log-probability of each token given the ones before it (None for the first), with the
+        `top` most likely alternatives at each position."""
+        self.check_adapter(adapter)
+        self.check_room(len(ids) - 1)
+        with self._lock:
+            logits = self.sequence_logits(ids, adapter)
+        scored: list[TokenLogprob | None] = [None]
+        for position in range(1, len(ids)):
+            logprobs = log_softmax(np.asarray(logits[position - 1], dtype=np.float32))
+            scored.append(token_logprob(logprobs, ids[position], top))
+        return scored
+
+    def session(self, adapter: str | None, max_length: int) -> AbstractContextManager[Forward]:
+        raise NotImplementedError  # each engine overrides it
+
+    def sequence_logits(self, ids: list[int], adapter: str | None) -> Any:
+        raise NotImplementedError  # each engine overrides it

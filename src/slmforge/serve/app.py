@@ -1,0 +1,280 @@
+"""The OpenAI-compatible server: FastAPI routes over one local engine and its adapters.
+
+`create_app` wires the pieces: API keys and the body size limit (an ASGI middleware, so they
+apply before anything else reads the request), OpenAI error objects for every failure, the
+scheduler's bounded concurrency and queue, the content filter, and Prometheus metrics. The
+model may still be loading when the app starts; until it is ready, model routes answer 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from slmforge import __version__
+from slmforge.config.serve import ServeConfig
+from slmforge.errors import InputError
+from slmforge.runtime.engine import GenParams
+from slmforge.runtime.local import ContextLengthError
+from slmforge.serve import errors
+from slmforge.serve.auth import ApiKeys
+from slmforge.serve.errors import APIError
+from slmforge.serve.filters import ContentFilter, NoFilter
+from slmforge.serve.metrics import ServerMetrics
+from slmforge.serve.models import ServedModel
+from slmforge.serve.scheduler import QueueFull, Scheduler
+
+OPEN_PATHS = {"/health", "/metrics"}
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass
+class ServerState:
+    config: ServeConfig
+    keys: ApiKeys
+    content_filter: ContentFilter
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    served: ServedModel | None = None
+    load_error: str | None = None
+    scheduler: Scheduler | None = None
+
+    def ready(self) -> ServedModel:
+        if self.served is None:
+            status = "failed to load" if self.load_error else "still loading"
+            raise APIError(
+                503, f"The model is {status}; try again shortly.", headers={"Retry-After": "5"}
+            )
+        return self.served
+
+    def adapter_for(self, model: str) -> str | None:
+        served = self.ready()
+        try:
+            return served.resolve(model)
+        except KeyError:
+            known = ", ".join(served.model_ids())
+            raise APIError(
+                404,
+                f"The model `{model}` does not exist on this server (available: {known}).",
+                param="model",
+                code="model_not_found",
+            ) from None
+
+    def check_input(self, messages: list[dict[str, str]]) -> None:
+        verdict = self.content_filter.check_input(messages)
+        if verdict.blocked:
+            raise APIError(
+                400,
+                "The prompt was blocked by the content filter"
+                + (f": {verdict.reason}" if verdict.reason else "."),
+                param="messages",
+                code="content_filter",
+            )
+
+    def max_tokens(self, requested: int | None, param: str) -> int:
+        cap = self.config.max_tokens_cap
+        if requested is not None and requested > cap:
+            raise APIError(
+                400,
+                f"{param} is too large: {requested}; this server allows at most {cap}.",
+                param=param,
+                code="invalid_value",
+            )
+        return requested if requested is not None else cap
+
+
+class ReleasingStreamingResponse(StreamingResponse):
+    """A streaming response that releases its scheduler slot however the stream ends
+    (finished, failed, or the client went away before the first byte)."""
+
+    def __init__(self, content: AsyncIterator[str], release: AsyncExitStack) -> None:
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release.aclose()
+
+
+def context_error(exc: ContextLengthError) -> APIError:
+    return APIError(413, str(exc), param="messages", code="context_length_exceeded")
+
+
+def sampling_params(body: Any, max_tokens: int, **extra: Any) -> GenParams:
+    top_p = body.top_p if body.top_p is not None else 1.0
+    temperature = body.temperature if body.temperature is not None else 1.0
+    if top_p == 0:  # nucleus of probability 0 = the top token only
+        temperature = 0.0
+    return GenParams(
+        max_tokens=max(max_tokens, 1),
+        temperature=temperature,
+        top_p=max(top_p, 1e-6),
+        seed=body.seed,
+        stop=body.stop_list(),
+        **extra,
+    )
+
+
+async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """Await `work`, cancelling it (and so the generation) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise APIError(499, "client closed the request")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+class Guard:
+    """ASGI middleware: API key check, body size limit and request counting, for every path."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        status_holder = {"status": 500}
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        try:
+            rejection = self._reject(scope, path)
+            if rejection is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read_body(receive)
+                if body is None:
+                    rejection = self._too_large()
+                else:
+                    receive = _replay(body, receive)
+            if rejection is not None:
+                await rejection(scope, receive, counting_send)
+            else:
+                await self.app(scope, receive, counting_send)
+        finally:
+            if path.startswith("/v1/"):
+                self.state.metrics.count(path, status_holder["status"])
+
+    def _reject(self, scope: Any, path: str) -> Response | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if path not in OPEN_PATHS and not self.state.keys.allows(headers.get("authorization")):
+            return APIError(
+                401,
+                "Incorrect or missing API key. Pass it as 'Authorization: Bearer KEY'.",
+                code="invalid_api_key",
+            ).response()
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.state.config.max_body_bytes:
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> JSONResponse:
+        limit = self.state.config.max_body_bytes
+        return APIError(413, f"The request body is larger than {limit} bytes.").response()
+
+    async def _read_body(self, receive: Any) -> bytes | None:
+        """The whole body, or None once it passes the limit (a chunked body has no
+        Content-Length to check up front)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.state.config.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A receive channel that hands out the buffered body, then the client's later messages
+    (so disconnects are still seen)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def create_app(
+    config: ServeConfig,
+    keys: ApiKeys | None = None,
+    served: ServedModel | None = None,
+    content_filter: ContentFilter | None = None,
+) -> FastAPI:
+    state = ServerState(config, keys or ApiKeys([]), content_filter or NoFilter())
+    state.served = served
+
+    def queue_gauges() -> None:
+        if state.scheduler is not None:
+            state.metrics.queue_depth.set(state.scheduler.waiting)
+            state.metrics.running.set(state.scheduler.running)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # made here so its semaphore belongs to the server's event loop
+        state.scheduler = Scheduler(config.max_concurrency, config.max_queue, queue_gauges)
+        yield
+
+    app = FastAPI(
+        title="slmforge", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
+    )
+    app.state.slmforge = state
+    errors.install(app)
+    app.add_middleware(Guard, state=state)
+
+    from slmforge.serve.routes import add_routes
+
+    add_routes(app, state)
+    return app
+
+
+async def admitted(state: ServerState) -> AsyncExitStack:
+    """Take a generation slot, or answer 429 when the queue is full."""
+    stack = AsyncExitStack()
+    if state.scheduler is None:  # an app driven without its lifespan (e.g. a test client)
+        state.scheduler = Scheduler(
+            state.config.max_concurrency, state.config.max_queue, lambda: None
+        )
+    try:
+        await stack.enter_async_context(state.scheduler.slot())
+    except QueueFull:
+        raise APIError(
+            429,
+            "Too many requests are waiting; retry shortly.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": "1"},
+        ) from None
+    return stack
+
+
+def bad_request(exc: InputError, param: str) -> APIError:
+    return APIError(400, str(exc), param=param, code="invalid_value")

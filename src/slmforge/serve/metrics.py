@@ -1,0 +1,64 @@
+"""Prometheus metrics of one server: requests, errors, tokens, latency, queue depth.
+
+Each app has its own registry, so several servers (or tests) in one process never share counts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("endpoint", "model")
+        self.requests = Counter(
+            "slmforge_requests",
+            "Requests answered, by status.",
+            ("endpoint", "status"),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "slmforge_request_errors",
+            "Requests that ended in an error.",
+            ("endpoint", "status"),
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "slmforge_prompt_tokens", "Prompt tokens read.", labels, registry=self.registry
+        )
+        self.completion_tokens = Counter(
+            "slmforge_completion_tokens", "Tokens generated.", labels, registry=self.registry
+        )
+        self.ttft = Histogram(
+            "slmforge_time_to_first_token_seconds",
+            "Time to the first generated text.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "slmforge_request_latency_seconds",
+            "Time from admission to the last token.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "slmforge_queue_depth",
+            "Requests waiting for a generation slot.",
+            registry=self.registry,
+        )
+        self.running = Gauge(
+            "slmforge_running_requests", "Generations running now.", registry=self.registry
+        )
+
+    def count(self, endpoint: str, status: int) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(endpoint, str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

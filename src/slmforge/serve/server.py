@@ -1,0 +1,177 @@
+"""Running the server: bind first, load the model in the background, serve with uvicorn.
+
+The socket is bound before anything else, so a port in use is a clear error (uvicorn would
+exit the process), `--port 0` works, and health checks answer 503 while a large model loads.
+`start_in_thread` runs the same server inside this process (tests, the app, benchmarks).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmforge.config.serve import ServeConfig
+from slmforge.errors import InputError, RunError
+from slmforge.progress import info, warn
+from slmforge.serve.auth import ApiKeys
+from slmforge.serve.models import ServedModel, load_served, resolve_engine
+
+SHUTDOWN_GRACE_S = 5
+
+
+def parse_adapter_options(values: list[str]) -> dict[str, Path]:
+    adapters: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise InputError(f"--adapter {value!r}: expected NAME=PATH, e.g. travel=out/adapter")
+        if name.strip() in adapters:
+            raise InputError(f"--adapter {name.strip()!r} is given twice")
+        adapters[name.strip()] = Path(path.strip())
+    return adapters
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+class Server:
+    """One server: `run()` blocks until it is stopped; `stop()` ends it from another thread."""
+
+    def __init__(
+        self, config: ServeConfig, served: ServedModel | None = None, content_filter: Any = None
+    ) -> None:
+        import uvicorn
+
+        from slmforge.serve.app import create_app
+
+        self.config = config
+        self.adapters = parse_adapter_options(config.adapter)
+        if served is None:
+            resolve_engine(config.model, config.engine, self.adapters)  # fail before binding
+        keys = ApiKeys.from_options(config.api_key, config.api_keys_file)
+        self.app = create_app(config, keys, served, content_filter)
+        self.state = self.app.state.slmforge
+        self.socket = bind(config.host, config.port)
+        self.url = base_url(self.socket)
+        self._uvicorn = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+                lifespan="on",
+            )
+        )
+
+    def load(self) -> None:
+        """Load the model (unless given); a failure stops the server and is raised by run()."""
+        if self.state.served is not None:
+            return
+        started = time.perf_counter()
+        try:
+            self.state.served = load_served(
+                self.config.model,
+                self.adapters,
+                self.config.engine,
+                self.config.served_model_name,
+                self.config.allow_pickle,
+                self.config.device,
+            )
+        except Exception as exc:
+            self.state.load_error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+            self._load_exception = exc
+            self._uvicorn.should_exit = True
+            return
+        served = self.state.served
+        names = ", ".join(served.model_ids())
+        info(f"loaded {names} in {time.perf_counter() - started:.1f}s")
+
+    def run(self) -> None:
+        self._load_exception: BaseException | None = None
+        loader = threading.Thread(target=self.load, name="slmforge-load", daemon=True)
+        loader.start()
+        info(f"serving on {self.url}/v1 (health: {self.url}/health)")
+        if self.config.host not in ("127.0.0.1", "localhost", "::1"):
+            warn(f"listening on {self.config.host}: reachable from other machines")
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            self.socket.close()
+        loader.join(timeout=1)
+        if self._load_exception is not None:
+            exc = self._load_exception
+            if isinstance(exc, InputError | RunError):
+                raise exc
+            raise RunError(f"cannot load {self.config.model}: {self.state.load_error}") from exc
+
+    def stop(self) -> None:
+        self._uvicorn.should_exit = True
+
+
+@dataclass
+class RunningServer:
+    server: Server
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self, timeout: float = 30) -> None:
+        self.server.stop()
+        self.thread.join(timeout)
+
+
+def start_in_thread(
+    config: ServeConfig,
+    served: ServedModel | None = None,
+    content_filter: Any = None,
+    ready_timeout_s: float = 300,
+) -> RunningServer:
+    """Start a server in a thread of this process and wait until it answers with a model."""
+    import httpx
+
+    server = Server(config, served, content_filter)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            server.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="slmforge-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if errors:
+            raise errors[0]
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return RunningServer(server, thread)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise RunError(f"the server at {server.url} was not ready within {ready_timeout_s:.0f}s")
