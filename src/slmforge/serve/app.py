@@ -119,6 +119,7 @@ def sampling_params(body: Any, max_tokens: int, **extra: Any) -> GenParams:
         temperature=temperature,
         top_p=max(top_p, 1e-6),
         seed=body.seed,
+        top_k=max(body.top_k or 0, 0),
         stop=body.stop_list(),
         **extra,
     )

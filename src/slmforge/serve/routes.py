@@ -37,7 +37,12 @@ from slmforge.serve.responses import (
     sse,
     usage_dict,
 )
-from slmforge.serve.schema import ChatCompletionRequest, CompletionRequest
+from slmforge.serve.schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
 
 
 def add_routes(app: FastAPI, state: ServerState) -> None:
@@ -69,6 +74,51 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         return await _completion(state, body, request)
+
+    add_tokenizer_routes(app, state)
+
+
+def add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
+    """vLLM's tokenizer endpoints, so clients (lm-eval's remote tokenizer) need no local copy."""
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        engine = state.ready().engine
+        tokenizer = engine.tokenizer
+        return {
+            "tokenizer_class": type(tokenizer).__name__,
+            "eos_token": tokenizer.eos_token,
+            "bos_token": tokenizer.bos_token,
+            "pad_token": tokenizer.pad_token,
+            "chat_template": tokenizer.chat_template,
+            "model_max_length": engine.context_length,
+            "vocab_size": len(tokenizer),
+        }
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        engine = state.ready().engine
+        if body.model is not None:
+            state.adapter_for(body.model)
+        if body.messages is not None:
+            tokens = engine.prompt_ids([_message(m) for m in body.messages])
+        else:
+            tokens = engine.tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)[
+                "input_ids"
+            ]
+        return {"count": len(tokens), "max_model_len": engine.context_length, "tokens": tokens}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        engine = state.ready().engine
+        if body.tokens:
+            _prompt_ids(engine, body.tokens, 0, False)  # ids outside the vocabulary are a 400
+        return {"prompt": engine.tokenizer.decode(body.tokens)}
+
+
+def _message(message: Any) -> dict[str, str]:
+    role = "system" if message.role == "developer" else message.role
+    return {"role": role, "content": message.text()}
 
 
 def _model_card(served: Any, model_id: str) -> dict[str, Any]:

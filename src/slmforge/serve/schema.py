@@ -76,6 +76,7 @@ class _Sampling(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     seed: StrictInt | None = None
+    top_k: StrictInt | None = Field(None, ge=-1, description="vLLM's extension; -1 or 0 = off.")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # Accepted and ignored: a local engine has no use for them, but clients send them.
@@ -175,3 +176,24 @@ class CompletionRequest(_Sampling):
         if all(isinstance(item, int) for item in prompt):
             return [list(prompt)]  # type: ignore[arg-type]
         return list(prompt)  # type: ignore[arg-type]
+
+
+class TokenizeRequest(_Strict):
+    """vLLM's `/tokenize` (lm-eval reads the tokenizer from the server through it)."""
+
+    model: str | None = None
+    prompt: StrictStr | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("prompt: give exactly one of prompt or messages")
+        return self
+
+
+class DetokenizeRequest(_Strict):
+    model: str | None = None
+    tokens: list[StrictInt]

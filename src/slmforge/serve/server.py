@@ -116,6 +116,8 @@ class Server:
             warn(f"listening on {self.config.host}: reachable from other machines")
         try:
             self._uvicorn.run(sockets=[self.socket])
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+            info("stopped")
         finally:
             self.socket.close()
         loader.join(timeout=1)
