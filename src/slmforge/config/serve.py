@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slmforge.config import StrictModel
 
@@ -39,3 +39,27 @@ class ServeConfig(StrictModel):
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body in bytes.")
     device: str = Field("cpu", description="Torch device for PyTorch models (cpu, cuda, cuda:1).")
     allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) weights.")
+    backend: Literal["uvicorn", "ray"] = Field(
+        "uvicorn", description="uvicorn: one process; ray: Ray Serve replicas behind one endpoint."
+    )
+    replicas: int = Field(1, ge=1, description="Ray Serve replicas (fixed count).")
+    min_replicas: int | None = Field(
+        None, ge=0, description="Ray Serve autoscaling: fewest replicas (with --max-replicas)."
+    )
+    max_replicas: int | None = Field(None, ge=1, description="Ray Serve autoscaling: most.")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each replica.")
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for each replica.")
+    ray_address: str | None = Field(
+        None, description="Existing Ray cluster (ray://HOST:10001 or auto); default: start one."
+    )
+
+    @model_validator(mode="after")
+    def _scaling(self) -> ServeConfig:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("min_replicas: give both --min-replicas and --max-replicas")
+        if self.min_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas: must not exceed --max-replicas")
+        ray_only = self.replicas > 1 or self.min_replicas is not None or self.ray_address
+        if ray_only and self.backend != "ray":
+            raise ValueError("backend: replicas and Ray options need --backend ray")
+        return self

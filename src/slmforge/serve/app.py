@@ -43,6 +43,7 @@ class ServerState:
     served: ServedModel | None = None
     load_error: str | None = None
     scheduler: Scheduler | None = None
+    replica: str | None = None  # set by Ray Serve replicas; sent as x-slmforge-replica
 
     def ready(self) -> ServedModel:
         if self.served is None:
@@ -158,6 +159,10 @@ class Guard:
         async def counting_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                if self.state.replica is not None:
+                    headers = [*message.get("headers", [])]
+                    headers.append((b"x-slmforge-replica", self.state.replica.encode()))
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -78,6 +78,9 @@ class Server:
             uvicorn.Config(
                 self.app,
                 log_level="warning",
+                # uvicorn's own config would reset process-wide logging (and with it
+                # handlers other libraries hold); its warnings reach stderr without it
+                log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
                 lifespan="on",
