@@ -122,7 +122,11 @@ class FakeOpenAI:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        # log_config=None: uvicorn would otherwise reconfigure logging for the whole test process,
+        # closing handlers other libraries hold (absl's closes its stream if sys.stderr moved)
+        config = uvicorn.Config(
+            self.app, log_level="warning", lifespan="off", access_log=False, log_config=None
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True

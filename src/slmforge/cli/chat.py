@@ -46,8 +46,8 @@ def _stats_line(final: object) -> str:
 
 def chat(
     model: str = typer.Argument(
-        help="Model folder (PyTorch or ONNX), adapter folder, hub id, FOLDER+ADAPTER, or "
-        "openai:MODEL@BASE_URL."
+        help="Model folder (PyTorch or ONNX), adapter folder, hub id, FOLDER+ADAPTER, "
+        "openai:MODEL@BASE_URL, or profile:NAME (slmforge profile add)."
     ),
     adapter: list[str] = typer.Option(
         [], "--adapter", help="NAME=DIR of a LoRA adapter; repeat for more. The first one answers."

@@ -36,6 +36,6 @@ def _summary(result: SynthResult) -> None:
 def register(data_app: typer.Typer) -> None:
     @model_command(data_app, "synth", SynthConfig, arguments=("seed_data",), config_file=True)
     def synth(cfg: SynthConfig) -> None:
-        """Write new examples with a teacher model (openai:MODEL@URL or a model folder),
-        shown seed examples; --resume continues an interrupted run."""
+        """Write new examples with a teacher model (openai:MODEL@URL, profile:NAME or a model
+        folder) shown seed examples; --resume continues an interrupted run."""
         _summary(synthesize(cfg))

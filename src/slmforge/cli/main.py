@@ -14,7 +14,18 @@ from slmforge.errors import SlmforgeError
 from slmforge.progress import LogFormat
 
 # Each verb module exposes `register(app)`; the order here is the order in --help.
-VERB_MODULES = ["data", "models", "finetune", "optimize", "chat"]
+VERB_MODULES = [
+    "data",
+    "models",
+    "finetune",
+    "optimize",
+    "serve",
+    "deploy",
+    "chat",
+    "eval",
+    "profile",
+    "doctor",
+]
 
 app = typer.Typer(
     name="slmforge",

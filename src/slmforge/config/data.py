@@ -75,7 +75,9 @@ class SampleConfig(StrictModel):
 class SynthConfig(StrictModel):
     seed_data: Path = Field(description="Seed examples (any readable format).")
     out: Path = Field(description="Output jsonl (prompt/response); appended to on --resume.")
-    teacher: str = Field(description="Teacher engine: openai:MODEL@BASE_URL or a model folder.")
+    teacher: str = Field(
+        description="Teacher engine: openai:MODEL@BASE_URL, profile:NAME or a model folder."
+    )
     topic: str = Field("", description="Topic of the new examples.")
     count: int = Field(50, gt=0, description="How many new examples to write.")
     per_request: int = Field(5, gt=0, le=50, description="Examples asked for per request.")

@@ -195,6 +195,17 @@ def _text_config(config: dict[str, Any]) -> dict[str, Any]:
     return config.get("text_config") or config
 
 
+def read_model_config(
+    spec: str | Path, trust_remote_code: bool = False
+) -> tuple[dict[str, Any], int | None]:
+    """A model's config (a multimodal model's text settings over its top level) and its
+    parameter count from the safetensors headers (None for a hub id); no weights loaded."""
+    folder = _local_folder(spec)
+    config = _read_config(spec, folder, trust_remote_code)
+    parameters = _weights_summary(folder)[0] if folder else None
+    return {**config, **_text_config(config)}, parameters
+
+
 def model_info(spec: str | Path, trust_remote_code: bool = False) -> dict[str, Any]:
     """What a model is, from its config, safetensors headers and tokenizer; no weights loaded."""
     from slmforge.models.chat import detect_format, stop_strings

