@@ -16,6 +16,9 @@ import openai
 import pytest
 
 from slmforge.data.sample import write_sample
+from slmforge.errors import InputError
+from slmforge.runtime.engine import GenParams, complete
+from slmforge.runtime.specs import load_engine
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +44,7 @@ def _states(env: dict) -> dict[str, str]:
     return {row["name"]: row["state"] for row in json.loads(listed.stdout)}
 
 
-def test_deployment_lifecycle(tiny_llama, llama_adapters, env, tmp_path) -> None:
+def test_deployment_lifecycle(tiny_llama, llama_adapters, env, tmp_path, monkeypatch) -> None:
     created = slmforge(
         "deploy",
         "create",
@@ -100,6 +103,19 @@ def test_deployment_lifecycle(tiny_llama, llama_adapters, env, tmp_path) -> None
         )
         assert bad_key.returncode == 1 and "0 passed, 1 failed" in bad_key.stdout
 
+        # every stage that takes an engine spec reaches it as deploy:NAME[:ADAPTER]
+        monkeypatch.setenv("SLMFORGE_HOME", env["SLMFORGE_HOME"])
+        monkeypatch.setenv("SLMFORGE_API_KEY", key)
+        engine = load_engine("deploy:travel-bot:travel")
+        asked = complete(engine, [{"role": "user", "content": "Lisbon?"}], GenParams(max_tokens=6))
+        direct = client.chat.completions.create(
+            model="travel",
+            messages=[{"role": "user", "content": "Lisbon?"}],
+            max_tokens=6,
+            temperature=0,
+        )
+        assert asked.text == direct.choices[0].message.content
+
         logs = slmforge("deploy", "logs", "travel-bot", env=env)
         assert "serving on" in logs.stdout and key not in logs.stdout
 
@@ -129,6 +145,12 @@ def test_deploy_bad_input(tiny_llama, env, tmp_path) -> None:
     missing = slmforge("deploy", "test", "nope", "--data", "x.jsonl", "--api-key", "k", env=env)
     assert missing.returncode == 2
     assert "no deployment named 'nope' (deployments: none)" in missing.stderr
+    monkeypatch_env = {"SLMFORGE_HOME": env["SLMFORGE_HOME"]}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in monkeypatch_env.items():
+            patch.setenv(name, value)
+        with pytest.raises(InputError, match="no deployment named 'gone'"):
+            load_engine("deploy:gone")
     not_onnx = slmforge(
         "deploy", "create", "x", "--model", str(tiny_llama), "--engine", "onnx", env=env
     )

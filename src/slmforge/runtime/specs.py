@@ -4,6 +4,8 @@
 openai:MODEL@BASE_URL     any OpenAI-compatible endpoint (openai:travel@http://127.0.0.1:8000/v1)
 openai:MODEL              base URL from OPENAI_BASE_URL, else the OpenAI API
 profile:NAME[:MODEL]      a cloud profile (`slmforge profile add`): its URL, model and key
+deploy:NAME[:ADAPTER]     a local deployment (`slmforge deploy create`); key from
+                          $SLMFORGE_API_KEY
 PATH_OR_HUB_ID            a local model folder or hub id, run with PyTorch
 PATH+ADAPTER_DIR          a base model plus one LoRA adapter, selected for every request
 ```
@@ -24,7 +26,8 @@ from slmforge.runtime.engine import Engine, GenParams, Message
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ADAPTER = "default"
 _FORMS = (
-    "use openai:MODEL@BASE_URL, openai:MODEL, profile:NAME, a model folder or hub id, "
+    "use openai:MODEL@BASE_URL, openai:MODEL, profile:NAME, deploy:NAME, a model folder or "
+    "hub id, "
     "or PATH+ADAPTER_DIR"
 )
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]+):")
@@ -40,6 +43,7 @@ class EngineSpec:
     base_url: str | None = None
     adapter: str | None = None
     profile: str | None = None
+    key_env: str | None = None  # where the key comes from when the spec implies one
 
 
 def check_base_url(url: str, label: str, example: str = OPENAI_DEFAULT_BASE_URL) -> str:
@@ -62,6 +66,8 @@ def parse_engine_spec(spec: str, env: Mapping[str, str] | None = None) -> Engine
         return _parse_openai(spec, text.removeprefix("openai:"), env)
     if text.startswith("profile:"):
         return _parse_profile(text.removeprefix("profile:"))
+    if text.startswith("deploy:"):
+        return _parse_deployment(spec, text.removeprefix("deploy:"))
     if Path(text).exists():
         return EngineSpec(kind="local", model=text)
     scheme = _SCHEME.match(text)
@@ -91,6 +97,23 @@ def _parse_profile(rest: str) -> EngineSpec:
     profile = get_profile(name.strip())
     model = model.strip() or profile.request_model
     return EngineSpec(kind="openai", model=model, base_url=profile.base_url, profile=name.strip())
+
+
+DEPLOYMENT_KEY_ENV = "SLMFORGE_API_KEY"
+
+
+def _parse_deployment(spec: str, rest: str) -> EngineSpec:
+    """`NAME` (the base model) or `NAME:ADAPTER` of a deployment in the local registry."""
+    from slmforge.serve.deployments import get
+
+    name, _, adapter = rest.partition(":")
+    if not name.strip():
+        raise InputError(f"engine spec {spec!r} names no deployment; e.g. deploy:travel-bot")
+    deployment = get(name.strip())
+    model = adapter.strip() or deployment.name
+    return EngineSpec(
+        kind="openai", model=model, base_url=deployment.url, key_env=DEPLOYMENT_KEY_ENV
+    )
 
 
 def _parse_local(spec: str, text: str) -> EngineSpec:
@@ -147,7 +170,7 @@ def load_engine(
             parsed.model,
             base_url,
             api_key=api_key,
-            api_key_env=api_key_env,
+            api_key_env=parsed.key_env or api_key_env,
             timeout_s=timeout_s,
             max_retries=max_retries,
         )
