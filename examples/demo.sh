@@ -41,6 +41,30 @@ step "5. Ask the fine-tuned model: PyTorch merged, then ONNX int4 with the trave
 echo "What should I pack for a trip to Lisbon?" | run "$SLMFORGE" chat "$OUT/merged" --max-tokens 48
 echo "What should I pack for a trip to Lisbon?" | run "$SLMFORGE" chat "$OUT/onnx-int4+travel" --max-tokens 48
 
+step "6. Serve the ONNX model with its adapter over the OpenAI API, and ask it from a client"
+PORT="${DEMO_PORT:-8765}"
+printf '$ %s\n' "$SLMFORGE serve $OUT/onnx-int4 --port $PORT --api-key \$KEY &"
+KEY="sk-demo-$$"
+"$SLMFORGE" --log-format plain serve "$OUT/onnx-int4" --port "$PORT" --api-key "$KEY" &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+  sleep 0.5
+done
+run curl -s "http://127.0.0.1:$PORT/v1/models" -H "Authorization: Bearer $KEY"
+echo
+echo "What should I pack for a trip to Lisbon?" | \
+  OPENAI_API_KEY="$KEY" run "$SLMFORGE" chat "openai:travel@http://127.0.0.1:$PORT/v1" --max-tokens 48
+
+step "7. Evaluate: base vs fine-tuned (PyTorch) vs the served int4 ONNX + adapter, side by side"
+OPENAI_API_KEY="$KEY" run "$SLMFORGE" eval --data "$OUT/data/split/test.jsonl" \
+  --target base="$OUT/base" --target tuned="$OUT/merged" \
+  --target served="openai:travel@http://127.0.0.1:$PORT/v1" \
+  --limit 12 --max-tokens 48 --out "$OUT/eval" --force
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; trap - EXIT
+
 step "Done. Artifacts (each with a slmforge.json manifest):"
-for path in base data/split adapter merged onnx-int4; do printf '  %s/%s\n' "$OUT" "$path"; done
+for path in base data/split adapter merged onnx-int4 eval; do printf '  %s/%s\n' "$OUT" "$path"; done
 printf '  loss plot: %s/adapter/loss.png\n' "$OUT"
+printf '  eval report: %s/eval/report.html\n' "$OUT"
