@@ -3,6 +3,7 @@ the content filter hook, and bad requests that must never become a 500."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
@@ -56,13 +57,6 @@ def _start(served, **options) -> RunningServer:
     return start_in_thread(ServeConfig(model=served.engine.source, port=0, **options), served)
 
 
-@pytest.fixture
-def one_slot(served) -> Iterator[RunningServer]:
-    running = _start(served, max_concurrency=1, max_queue=0)
-    yield running
-    running.stop()
-
-
 def _wait(condition, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -72,25 +66,51 @@ def _wait(condition, timeout: float = 30) -> bool:
     return False
 
 
-def test_full_queue_is_429_with_retry_after(one_slot, served) -> None:
-    state = one_slot.server.state
-    url = f"{one_slot.url}/v1/chat/completions"
-    body = {
-        "model": served.name,
-        "messages": ASK,
-        "max_tokens": 400,
-        "stream": True,
-        "temperature": 0,
-        "stop": ["\u2603"],
-    }
-    with httpx.Client(timeout=60) as http, http.stream("POST", url, json=body) as held:
-        assert held.status_code == 200
-        assert _wait(lambda: state.scheduler.running == 1)
-        client = openai.OpenAI(base_url=f"{one_slot.url}/v1", api_key="x", max_retries=0)
-        with pytest.raises(openai.RateLimitError) as caught:
-            client.chat.completions.create(model=served.name, messages=ASK, max_tokens=2)
-        assert caught.value.response.headers["retry-after"] == "1"
-    assert _wait(lambda: state.scheduler.running == 0)
+class GatedEngine:
+    """Wraps an engine so a generation waits for `release` before its first token: the test
+    decides how long a request holds its slot."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.release = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate_ids(self, prompt, params, adapter=None):
+        def gated():
+            assert self.release.wait(60)
+            yield from self.engine.generate_ids(prompt, params, adapter)
+
+        return gated()
+
+
+def test_full_queue_is_429_with_retry_after(served) -> None:
+    gated = GatedEngine(served.engine)
+    original, served.engine = served.engine, gated
+    running = _start(served, max_concurrency=1, max_queue=0)
+    try:
+        state = running.server.state
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            holder = pool.submit(
+                client.chat.completions.create, model=served.name, messages=ASK, max_tokens=2
+            )
+            assert _wait(lambda: state.scheduler.running == 1)
+            with pytest.raises(openai.RateLimitError) as caught:
+                client.chat.completions.create(model=served.name, messages=ASK, max_tokens=2)
+            assert caught.value.response.headers["retry-after"] == "1"
+            gated.release.set()
+            assert holder.result(60).choices[0].message.content is not None
+        assert _wait(lambda: state.scheduler.running == 0)
+        metrics = httpx.get(f"{running.url}/metrics").text
+        assert (
+            'slmforge_requests_total{endpoint="/v1/chat/completions",status="429"} 1.0' in metrics
+        )
+    finally:
+        gated.release.set()
+        served.engine = original
+        running.stop()
 
 
 def test_client_disconnect_stops_the_generation(served) -> None:
@@ -222,7 +242,7 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-3, 10**9)
-    | st.floats(allow_nan=False)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=10),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
