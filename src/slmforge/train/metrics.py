@@ -15,18 +15,25 @@ from slmforge.train.collate import IGNORE
 def token_loss_and_hits(
     logits: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, int, int]:
-    """Summed next-token cross-entropy, correct argmax predictions, and counted tokens."""
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = labels[:, 1:].to(shifted_logits.device)
+    """Summed next-token cross-entropy, correct argmax predictions, and counted tokens.
+
+    The labels are shifted, not the logits: slicing the logits would copy the largest tensor
+    of the step (batch x sequence x vocabulary) and keep the copy alive for the backward pass.
+    Accuracy looks only at the counted positions, without building a graph.
+    """
+    vocab = logits.size(-1)
+    shifted_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    flat_labels = shifted_labels.reshape(-1).to(logits.device)
+    flat_logits = logits.reshape(-1, vocab)
+    if flat_logits.dtype != torch.float32:
+        flat_logits = flat_logits.float()
     loss_sum = torch.nn.functional.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.size(-1)),
-        shifted_labels.reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
+        flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum"
     )
-    counted = shifted_labels != IGNORE
-    hits = ((shifted_logits.argmax(-1) == shifted_labels) & counted).sum().item()
-    return loss_sum, int(hits), int(counted.sum().item())
+    counted = (flat_labels != IGNORE).nonzero().squeeze(-1)
+    with torch.no_grad():
+        hits = (flat_logits[counted].argmax(-1) == flat_labels[counted]).sum().item()
+    return loss_sum, int(hits), int(counted.numel())
 
 
 def counted_tokens(labels: torch.Tensor) -> int:
