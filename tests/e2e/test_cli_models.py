@@ -94,7 +94,7 @@ def test_chat_with_piped_stdin(tiny_llama: Path) -> None:
 def test_chat_rejects_bad_adapter_option(tiny_llama: Path) -> None:
     result = slmforge("chat", str(tiny_llama), "--adapter", "no-equals-sign", stdin="")
     assert result.returncode == 2
-    assert "expected NAME=DIR" in result.stderr
+    assert "expected NAME=PATH" in result.stderr
     hot = slmforge("chat", str(tiny_llama), "--temperature", "5", stdin="")
     assert hot.returncode == 2
     assert hot.stderr.startswith("error: --temperature: Input should be less than or equal to 2")

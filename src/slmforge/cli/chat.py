@@ -8,27 +8,12 @@ token and tokens/s go to stderr, dim, so stdout holds only the conversation.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
-from slmforge.config import validate
-from slmforge.errors import InputError
+from slmforge.config import parse_adapter_options, validate
 
 EXIT_COMMANDS = {"/exit", "/quit"}
-
-
-def parse_adapters(values: list[str]) -> dict[str, Path]:
-    """`["travel=out/adapter", ...]` -> `{"travel": Path("out/adapter")}`."""
-    adapters: dict[str, Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise InputError(f"--adapter {value!r}: expected NAME=DIR, e.g. travel=out/adapter")
-        if name in adapters:
-            raise InputError(f"--adapter {name!r} is given twice")
-        adapters[name.strip()] = Path(path.strip())
-    return adapters
 
 
 def _stats_line(final: object) -> str:
@@ -63,7 +48,7 @@ def chat(
 
     values = {"max_tokens": max_tokens, "temperature": temperature}
     params = validate(GenParams, values, option_keys=set(values))
-    adapters = parse_adapters(adapter)
+    adapters = parse_adapter_options(adapter)
     if adapters:
         from slmforge.runtime.torch_engine import TorchEngine
 

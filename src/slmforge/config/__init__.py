@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from slmforge.errors import ConfigError
+from slmforge.errors import ConfigError, InputError
 
 
 class StrictModel(BaseModel):
@@ -107,3 +107,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level")
     return data
+
+
+def parse_adapter_options(values: list[str]) -> dict[str, Path]:
+    """`--adapter NAME=PATH` values -> `{name: Path}`; serve, chat and deploy share it."""
+    adapters: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise InputError(f"--adapter {value!r}: expected NAME=PATH, e.g. travel=out/adapter")
+        if name.strip() in adapters:
+            raise InputError(f"--adapter {name.strip()!r} is given twice")
+        adapters[name.strip()] = Path(path.strip())
+    return adapters

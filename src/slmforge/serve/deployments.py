@@ -27,11 +27,11 @@ from pathlib import Path
 
 import httpx
 
+from slmforge.config import parse_adapter_options
 from slmforge.errors import InputError, RunError
 from slmforge.home import slmforge_home
 from slmforge.serve.auth import hashed_line
 from slmforge.serve.models import resolve_engine
-from slmforge.serve.server import parse_adapter_options
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 READY_TIMEOUT_S = 600

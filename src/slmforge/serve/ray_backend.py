@@ -13,10 +13,10 @@ import os
 import time
 from typing import Any
 
+from slmforge.config import parse_adapter_options
 from slmforge.config.serve import ServeConfig
 from slmforge.errors import InputError, RunError
 from slmforge.progress import info
-from slmforge.serve.server import parse_adapter_options
 
 APP_NAME = "slmforge"
 TARGET_ONGOING_REQUESTS = 2  # autoscaling: requests in flight per replica before scaling up
@@ -38,6 +38,7 @@ def replica_app_builder(config_json: str) -> Any:
             config.served_model_name,
             config.allow_pickle,
             config.device,
+            config.max_concurrency,
         )
         keys = ApiKeys.from_options(config.api_key, config.api_keys_file)
         app = create_app(config, keys, served)
@@ -74,6 +75,11 @@ def run_ray(config: ServeConfig) -> None:
     from slmforge.serve.models import resolve_engine
 
     resolve_engine(config.model, config.engine, parse_adapter_options(config.adapter))
+    if config.safety is not None:  # a bad policy fails here, not in every replica
+        from slmforge.safety.filter import SafetyFilter
+
+        SafetyFilter.from_file(config.safety)
+        config = config.model_copy(update={"safety": config.safety.resolve()})
     try:
         ray.init(
             address=config.ray_address,

@@ -11,9 +11,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from slmforge.config import parse_adapter_options
 from slmforge.config.serve import ServeConfig
 from slmforge.errors import InputError, RunError
 from slmforge.progress import info, warn
@@ -21,18 +21,6 @@ from slmforge.serve.auth import ApiKeys
 from slmforge.serve.models import ServedModel, load_served, resolve_engine
 
 SHUTDOWN_GRACE_S = 5
-
-
-def parse_adapter_options(values: list[str]) -> dict[str, Path]:
-    adapters: dict[str, Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise InputError(f"--adapter {value!r}: expected NAME=PATH, e.g. travel=out/adapter")
-        if name.strip() in adapters:
-            raise InputError(f"--adapter {name.strip()!r} is given twice")
-        adapters[name.strip()] = Path(path.strip())
-    return adapters
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -100,6 +88,7 @@ class Server:
                 self.config.served_model_name,
                 self.config.allow_pickle,
                 self.config.device,
+                self.config.max_concurrency,
             )
         except Exception as exc:
             self.state.load_error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
