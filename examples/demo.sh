@@ -42,7 +42,7 @@ echo "What should I pack for a trip to Lisbon?" | run "$SLMFORGE" chat "$OUT/mer
 echo "What should I pack for a trip to Lisbon?" | run "$SLMFORGE" chat "$OUT/onnx-int4+travel" --max-tokens 48
 
 step "6. Serve the ONNX model with its adapter over the OpenAI API, and ask it from a client"
-PORT="${DEMO_PORT:-8765}"
+PORT="${DEMO_PORT:-$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 printf '$ %s\n' "$SLMFORGE serve $OUT/onnx-int4 --port $PORT --api-key \$KEY &"
 KEY="sk-demo-$$"
 "$SLMFORGE" --log-format plain serve "$OUT/onnx-int4" --port "$PORT" --api-key "$KEY" &
