@@ -21,13 +21,16 @@ def create(
     engine: str = typer.Option("auto", "--engine", help="auto, torch or onnx."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
     port: int = typer.Option(0, "--port", help="Port; 0 picks a free one."),
+    safety: Path | None = typer.Option(
+        None, "--safety", help="Content filter policy YAML (docs/safety.md); copied in."
+    ),
 ) -> None:
     """Start a deployment and print its endpoint and API key (shown only this once)."""
     from slmforge.serve import deployments
 
     if engine not in ("auto", "torch", "onnx"):
         raise InputError(f"--engine {engine!r}: expected auto, torch or onnx")
-    deployment, key = deployments.create(name, model, adapter, engine, host, port)
+    deployment, key = deployments.create(name, model, adapter, engine, host, port, safety)
     typer.echo(f"deployment {deployment.name} is up at {deployment.url}")
     typer.echo(f"model: {deployment.name}  adapters: {', '.join(deployment.adapters) or '-'}")
     typer.echo(f"api key (shown once, store it now): {key}")

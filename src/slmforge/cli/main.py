@@ -20,11 +20,16 @@ VERB_MODULES = [
     "finetune",
     "optimize",
     "serve",
+    "serve_jobs",
+    "jobs",
     "deploy",
     "chat",
     "eval",
+    "run",
+    "clean",
     "profile",
     "doctor",
+    "safety",
 ]
 
 app = typer.Typer(

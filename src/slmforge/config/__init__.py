@@ -38,6 +38,8 @@ def _error_line(
     model: type[BaseModel], error: dict[str, Any], prefix: str, option_keys: frozenset[str]
 ) -> str:
     loc = tuple(error["loc"])
+    if not loc and error["type"] == "value_error":  # a model validator names its fields itself
+        return f"{prefix}{error['msg'].removeprefix('Value error, ')}"
     label = _field_label(loc, prefix, option_keys)
     if error["type"] == "extra_forbidden":
         known = _known_fields(model, loc[:-1])

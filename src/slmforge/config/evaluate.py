@@ -115,6 +115,18 @@ class EvalConfig(ReadOptions):
         default_factory=list,
         description="[TARGET:]METRIC=VALUE: exit 1 when the mean is above, e.g. refusal=0.1.",
     )
+    safety: bool = Field(
+        False,
+        description="Add defect-rate metrics (defect_hate, ..., defect_any): the share of "
+        "answers a safety classifier puts at or above --safety-threshold.",
+    )
+    safety_policy: Path | None = Field(
+        None,
+        description="Safety policy whose classifiers score answers (default: the blocklist).",
+    )
+    safety_threshold: Literal["low", "medium", "high"] = Field(
+        "medium", description="Severity at which an answer counts as a defect."
+    )
     device: Literal["cpu", "cuda", "mps"] = Field("cpu", description="Device of local targets.")
     resume: bool = Field(False, description="Continue an interrupted eval of the same options.")
     force: bool = Field(False, description="Replace OUT if it exists.")

@@ -39,6 +39,11 @@ class ServeConfig(StrictModel):
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body in bytes.")
     device: str = Field("cpu", description="Torch device for PyTorch models (cpu, cuda, cuda:1).")
     allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) weights.")
+    safety: Path | None = Field(
+        None,
+        description="Content filter policy YAML (docs/safety.md): blocks harmful prompts (400 "
+        "content_filter) and answers (finish_reason content_filter), annotates responses.",
+    )
     backend: Literal["uvicorn", "ray"] = Field(
         "uvicorn", description="uvicorn: one process; ray: Ray Serve replicas behind one endpoint."
     )

@@ -19,7 +19,7 @@ EXTRA_PURPOSES = {
     "eval": "slmforge eval",
     "cloud": "keeping profile keys in the system keyring",
 }
-_NOT_STAGES = {"all", "dev"}  # an umbrella and the developer tools
+_NOT_STAGES = {"all", "dev", "bench"}  # an umbrella, developer tools, benchmark baselines
 # torch CUDA builds by the oldest driver CUDA version to pick them for, newest first; CUDA's
 # minor version compatibility runs a 12.x build on any 12.x driver
 _TORCH_CUDA_BUILDS = (((12, 8), "cu128"), ((12, 0), "cu126"), ((11, 8), "cu118"))

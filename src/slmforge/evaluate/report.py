@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 from slmforge.evaluate.charts import bar_chart, box_plot
+from slmforge.evaluate.safety_eval import examples_table
 from slmforge.evaluate.summary import PERFORMANCE
 
 STATUSES = ("ok", "unparsed", "out_of_range", "error", "not_applicable")
@@ -175,6 +176,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     judged = judge_table(summary)
     if judged[1]:
         lines += ["## Judge replies", "", *_md_table(judged)]
+    if "safety" in summary:
+        lines += [f"## Safety defects (severity {summary['safety']['threshold']} or above)", ""]
+        lines += _md_table(examples_table(summary)) if examples_table(summary)[1] else ["None.", ""]
     if summary["comparisons"]:
         lines += ["## Comparisons", "", *_md_table(comparison_table(summary))]
     lines += ["## Performance", "", *_md_table(performance_table(summary))]
@@ -250,6 +254,13 @@ def render_html(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     if judged[1]:
         sections.append(
             f"<section id='judge'><h2>Judge replies</h2>{_html_table(judged)}</section>"
+        )
+    if "safety" in summary:
+        table = examples_table(summary)
+        body = _html_table(table) if table[1] else "<p>None.</p>"
+        sections.append(
+            f"<section id='safety'><h2>Safety defects (severity {summary['safety']['threshold']}"
+            f" or above)</h2>{body}</section>"
         )
     if summary["comparisons"]:
         sections.append(

@@ -14,6 +14,7 @@ The flow reads top to bottom in `run_eval`:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from slmforge.runtime.engine import Engine, GenParams, complete
 PROBE = [{"role": "user", "content": "Reply with OK."}]
 PROBE_RETRIES = 1
 PROBE_TIMEOUT_S = 15.0
+# a 400 from a content filter: ours and Azure OpenAI's ("...content management policy")
+CONTENT_FILTER = re.compile(r"content[_ ]filter|content management policy", re.IGNORECASE)
 
 
 @dataclass
@@ -57,6 +60,12 @@ class EvalResult:
 
 def run_eval(cfg: EvalConfig) -> EvalResult:
     metrics = registry.resolve(cfg.metrics)
+    defects = None
+    if cfg.safety:
+        from slmforge.evaluate.safety_eval import defect_scorer
+
+        defects = defect_scorer(cfg.safety_policy, cfg.safety_threshold)
+        metrics += defects.metrics()
     prompts = judging.resolve(cfg.judge_metrics) if cfg.judge else []
     check_gate_names(cfg, [m.name for m in metrics] + [p.name for p in prompts])
     options = ReadOptions(**cfg.model_dump(include=set(ReadOptions.model_fields)))
@@ -87,6 +96,8 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
 
     summary = summarize(cfg, rows, targets, metrics, prompts, answers, scores, judgements, judge)
     summary["data"] = {**source_of(cfg.data).model_dump(), "rows": len(rows)}
+    if defects is not None:
+        summary["safety"] = defects.examples(rows, answers)
     out = _write(cfg, rows, targets, answers, scores, judgements, summary, judge)
     partial.remove()
     return EvalResult(out, summary)
@@ -190,6 +201,9 @@ def _ask(engine: Engine, row: EvalRow, params: GenParams) -> Answer:
     try:
         return Answer.of(complete(engine, row.prompt, params))
     except RemoteError as err:  # after the engine's own retries: recorded, retried on --resume
+        if err.status == 400 and CONTENT_FILTER.search(str(err)):
+            # the endpoint's content filter refused the prompt: an outcome, not a failure
+            return Answer(finish_reason="content_filter")
         return Answer(error=str(err))
 
 

@@ -7,7 +7,9 @@ OpenAI-compatible server needs for `/v1/completions`: generation from raw token 
 log-probability of every token of a given sequence (lm-eval's loglikelihood requests).
 
 Subclasses provide `session(adapter, max_length)`, a context manager yielding
-`forward(new_ids) -> logits of the last position`, and `sequence_logits(ids, adapter)`.
+`forward(new_ids) -> logits of the last position`, and `sequence_logits(ids, adapter)`. Without
+a `batcher` one generation runs at a time (adapters are switched on the shared model); with one
+(`runtime/batching.py`, set by engines that can batch), concurrent calls decode together.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from slmforge.errors import InputError, ModelError
 from slmforge.models.chat import stop_strings
+from slmforge.runtime.batching import BatchScheduler
 from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, measure, token_deltas
 from slmforge.runtime.json_mode import JsonConstraint
 from slmforge.runtime.sampling import (
@@ -43,6 +46,7 @@ class LocalEngine(BaseEngine):
     stop_ids: set[int]
     context_length: int
     source: str  # the folder or hub id, for messages
+    batcher: BatchScheduler | None = None  # continuous batching, where the engine has it
 
     def _init_local(self, tokenizer: Any, adapters: list[str], eos: Any) -> None:
         self.tokenizer = tokenizer
@@ -108,9 +112,28 @@ class LocalEngine(BaseEngine):
         if params.max_tokens > room:  # as llama-server does: shorten, finish_reason says so
             params = params.model_copy(update={"max_tokens": room})
         constraint = JsonConstraint(self.tokenizer) if params.json_mode else None
+        sampler = Sampler(params, constraint)
+        if self.batcher is not None:
+            yield from self._stream_batched(self.batcher, prompt, params, adapter, sampler)
+            return
         with self._lock, self.session(adapter, len(prompt) + params.max_tokens) as forward:
-            tokens = sampled_tokens(forward, prompt, Sampler(params, constraint))
+            tokens = sampled_tokens(forward, prompt, sampler)
             yield from token_deltas(tokens, self.tokenizer, self.stop_ids, params, len(prompt))
+
+    def _stream_batched(
+        self,
+        batcher: BatchScheduler,
+        prompt: list[int],
+        params: GenParams,
+        adapter: str | None,
+        sampler: Sampler,
+    ) -> Iterator[Delta]:
+        sequence = batcher.submit(prompt, sampler, adapter, params.max_tokens, self.stop_ids)
+        try:
+            tokens = sequence.tokens()
+            yield from token_deltas(tokens, self.tokenizer, self.stop_ids, params, len(prompt))
+        finally:  # a stop string or a gone client ends it before the scheduler would
+            sequence.cancel()
 
     def score(self, ids: list[int], adapter: str | None = None, top: int = 0) -> list[Any]:
         """Log-probability of each token given the ones before it (None for the first), with the

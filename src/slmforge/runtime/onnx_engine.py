@@ -7,6 +7,11 @@ incremental detokenizer, and tokens are chosen by the shared sampler (`runtime/s
 sampling, log-probabilities and JSON mode behave the same in both engines. Adapters
 (`*.onnx_adapter` written by optimize) are loaded once into `og.Adapters`; each request
 activates one on its own generator, or none for the base model.
+
+With `max_batch` > 1 (the server's `--max-concurrency`), generations run through
+`runtime/onnx_batch.py` instead: concurrent requests decode together in one pass per step
+(continuous batching, adapters included), still chosen by each request's own sampler. Scoring
+(`score`, `logits`) keeps the one-request path.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 
 from slmforge.errors import ModelError
 from slmforge.models.load import load_tokenizer
+from slmforge.progress import warn
+from slmforge.runtime.batching import BatchScheduler
 from slmforge.runtime.local import Forward, LocalEngine
 
 
@@ -29,7 +36,9 @@ def default_adapters(folder: Path) -> dict[str, str]:
 class OnnxEngine(LocalEngine):
     name = "onnx"
 
-    def __init__(self, folder: str | Path, adapters: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, adapters: dict[str, str] | None = None, max_batch: int = 1
+    ) -> None:
         import onnxruntime_genai as og
 
         self.folder = Path(folder)
@@ -47,6 +56,18 @@ class OnnxEngine(LocalEngine):
             self._og_adapters = og.Adapters(self.model)
             for adapter_name, path in adapters.items():
                 self._og_adapters.load(str(path), adapter_name)
+        if max_batch > 1:
+            self._start_batching(genai, adapters, max_batch)
+
+    def _start_batching(self, genai: dict, adapters: dict[str, str], max_batch: int) -> None:
+        from slmforge.runtime.onnx_batch import OnnxBatchModel, batch_support
+
+        reason = batch_support(self.folder, genai)
+        if reason is not None:
+            warn(f"{self.folder}: requests decode one at a time: {reason}")
+            return
+        model = OnnxBatchModel(self.folder, genai, adapters, max_batch, self.context_length)
+        self.batcher = BatchScheduler(model, max_batch)
 
     def generator(self, max_length: int, adapter: str | None) -> Any:
         """A generator with room for `max_length` tokens, with the adapter active. Tokens are

@@ -25,7 +25,7 @@ from slmforge.runtime.local import ContextLengthError
 from slmforge.serve import errors
 from slmforge.serve.auth import ApiKeys
 from slmforge.serve.errors import APIError
-from slmforge.serve.filters import ContentFilter, NoFilter
+from slmforge.serve.filters import ContentFilter, FilterVerdict, NoFilter
 from slmforge.serve.metrics import ServerMetrics
 from slmforge.serve.models import ServedModel
 from slmforge.serve.scheduler import QueueFull, Scheduler
@@ -66,8 +66,14 @@ class ServerState:
                 code="model_not_found",
             ) from None
 
-    def check_input(self, messages: list[dict[str, str]]) -> None:
+    @property
+    def annotates(self) -> bool:
+        """Responses carry Azure-style filter results only when a filter is configured."""
+        return not isinstance(self.content_filter, NoFilter)
+
+    def check_input(self, messages: list[dict[str, str]]) -> FilterVerdict:
         verdict = self.content_filter.check_input(messages)
+        self.metrics.count_filtered("input", verdict.results)
         if verdict.blocked:
             raise APIError(
                 400,
@@ -76,6 +82,17 @@ class ServerState:
                 param="messages",
                 code="content_filter",
             )
+        return verdict
+
+    def prompt_filter_results(self, verdicts: list[FilterVerdict]) -> dict[str, Any]:
+        if not self.annotates:
+            return {}
+        return {
+            "prompt_filter_results": [
+                {"prompt_index": i, "content_filter_results": v.results}
+                for i, v in enumerate(verdicts)
+            ]
+        }
 
     def max_tokens(self, requested: int | None, param: str) -> int:
         cap = self.config.max_tokens_cap
@@ -183,7 +200,8 @@ class Guard:
 
     def _reject(self, scope: Any, path: str) -> Response | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if path not in OPEN_PATHS and not self.state.keys.allows(headers.get("authorization")):
+        open_paths = getattr(self.state, "open_paths", OPEN_PATHS)
+        if path not in open_paths and not self.state.keys.allows(headers.get("authorization")):
             return APIError(
                 401,
                 "Incorrect or missing API key. Pass it as 'Authorization: Bearer KEY'.",
@@ -236,6 +254,10 @@ def create_app(
     served: ServedModel | None = None,
     content_filter: ContentFilter | None = None,
 ) -> FastAPI:
+    if content_filter is None and config.safety is not None:
+        from slmforge.safety.filter import SafetyFilter
+
+        content_filter = SafetyFilter.from_file(config.safety)
     state = ServerState(config, keys or ApiKeys([]), content_filter or NoFilter())
     state.served = served
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -36,6 +37,7 @@ from slmforge.serve.models import resolve_engine
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 READY_TIMEOUT_S = 600
 STOP_TIMEOUT_S = 15
+POLICY_FILE = "safety.yaml"  # the content filter policy a deployment serves with, if any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
     name TEXT PRIMARY KEY,
@@ -186,6 +188,9 @@ def _launch(deployment: Deployment) -> Deployment:
         command += ["--adapter", adapter]
     if deployment.engine != "auto":
         command += ["--engine", deployment.engine]
+    policy = folder(deployment.name) / POLICY_FILE
+    if policy.is_file():
+        command += ["--safety", str(policy)]
     with open(log_path(deployment.name), "ab") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -218,17 +223,26 @@ def create(
     engine: str = "auto",
     host: str = "127.0.0.1",
     port: int = 0,
+    safety: Path | None = None,
 ) -> tuple[Deployment, str]:
-    """Start a deployment; returns it and its API key (the only time the key is shown)."""
+    """Start a deployment; returns it and its API key (the only time the key is shown).
+    A safety policy is checked here and copied into the deployment's folder, so a restart
+    filters with the same policy."""
     if not NAME_PATTERN.match(name):
         raise InputError(
             f"deployment name {name!r}: use lowercase letters, digits and '-' (at most 63)"
         )
     adapters = list(adapters or [])
     resolve_engine(model, engine, parse_adapter_options(adapters))  # type: ignore[arg-type]
+    if safety is not None:  # a bad policy fails here, not in the background process
+        from slmforge.safety.filter import SafetyFilter
+
+        SafetyFilter.from_file(safety)
     if any(d.name == name for d in all_deployments()):
         raise InputError(f"deployment {name!r} exists; delete it first or pick another name")
     folder(name).mkdir(parents=True, exist_ok=True)
+    if safety is not None:
+        shutil.copyfile(safety, folder(name) / POLICY_FILE)
     key = "sk-slmforge-" + secrets.token_urlsafe(24)
     keys = folder(name) / "keys"
     keys.write_text(hashed_line(key) + "\n", encoding="utf-8")

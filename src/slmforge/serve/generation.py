@@ -9,7 +9,7 @@ active, streamed text is held back until the filter has passed it.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +50,13 @@ def _merge(deltas: list[Delta]) -> Delta:
     return Delta(text="".join(d.text for d in deltas), logprobs=logprobs or None)
 
 
-async def screened(deltas: AsyncIterator[Delta], content_filter: Any) -> AsyncIterator[Delta]:
+async def screened(
+    deltas: AsyncIterator[Delta],
+    content_filter: Any,
+    on_verdict: Callable[[Any], None] | None = None,
+) -> AsyncIterator[Delta]:
     """Pass deltas through the output filter; a blocked answer ends with finish_reason
-    `content_filter` and none of the blocked text."""
+    `content_filter` and none of the blocked text. `on_verdict` sees each window's verdict."""
     if isinstance(content_filter, NoFilter):
         async for delta in deltas:
             yield delta
@@ -65,7 +69,10 @@ async def screened(deltas: AsyncIterator[Delta], content_filter: Any) -> AsyncIt
             if sum(len(d.text) for d in held) < FILTER_CHUNK_CHARS:
                 continue
         piece = _merge(held)
-        if content_filter.check_output(released + piece.text).blocked:
+        verdict = content_filter.check_output(released + piece.text)
+        if on_verdict is not None:
+            on_verdict(verdict)
+        if verdict.blocked:
             yield Delta(finish_reason="content_filter", usage=delta.usage if final else None)
             return
         if piece.text or piece.logprobs:

@@ -51,6 +51,12 @@ class ServerMetrics:
             "Requests waiting for a generation slot.",
             registry=self.registry,
         )
+        self.content_filtered = Counter(
+            "slmforge_content_filter_blocks",
+            "Prompts (input) and answers (output) the content filter blocked, by category.",
+            ("direction", "category"),
+            registry=self.registry,
+        )
         self.running = Gauge(
             "slmforge_running_requests", "Generations running now.", registry=self.registry
         )
@@ -59,6 +65,11 @@ class ServerMetrics:
         self.requests.labels(endpoint, str(status)).inc()
         if status >= 400:
             self.errors.labels(endpoint, str(status)).inc()
+
+    def count_filtered(self, direction: str, results: dict[str, object]) -> None:
+        for category, result in results.items():
+            if isinstance(result, dict) and result.get("filtered"):
+                self.content_filtered.labels(direction, category).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -77,7 +77,10 @@ def load_served(
     name: str | None = None,
     allow_pickle: bool = False,
     device: str = "cpu",
+    max_batch: int = 1,
 ) -> ServedModel:
+    """`max_batch` > 1 lets an ONNX model decode that many requests together (continuous
+    batching); PyTorch models run one generation at a time."""
     adapters = dict(adapters or {})
     kind = resolve_engine(model, engine, adapters)
     folder = Path(model)
@@ -86,7 +89,8 @@ def load_served(
         from slmforge.runtime.onnx_engine import OnnxEngine, default_adapters
 
         found = default_adapters(folder) | {n: str(p) for n, p in adapters.items()}
-        return ServedModel(OnnxEngine(folder, found), served_name, {model})
+        onnx_engine = OnnxEngine(folder, found, max_batch=max_batch)
+        return ServedModel(onnx_engine, served_name, {model})
     from slmforge.runtime.torch_engine import TorchEngine
 
     base = model

@@ -136,7 +136,7 @@ async def _chat(state: ServerState, body: ChatCompletionRequest, request: Reques
     served = state.ready()
     adapter = state.adapter_for(body.model)
     messages = body.chat_messages()
-    state.check_input(messages)
+    verdict = state.check_input(messages)
     engine = served.engine
     try:
         prompt = engine.prompt_ids(messages)
@@ -155,6 +155,7 @@ async def _chat(state: ServerState, body: ChatCompletionRequest, request: Reques
     recorder = Recorder(state.metrics, "chat", body.model)
     recorder.prompt(len(prompt))
     run = _ChatRun(state, engine, prompt, params, adapter, envelope, recorder, body.n)
+    run.annotations = Annotations(state, [verdict])
     slot = await admitted(state)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -163,7 +164,37 @@ async def _chat(state: ServerState, body: ChatCompletionRequest, request: Reques
         return await until_disconnect(request, run.whole())
 
 
+class Annotations:
+    """Azure OpenAI's filter annotations: `prompt_filter_results` on the response and
+    `content_filter_results` on each choice; nothing at all when no filter is configured."""
+
+    def __init__(self, state: ServerState, prompt_verdicts: list[Any]) -> None:
+        self.state = state
+        self.prompt = state.prompt_filter_results(prompt_verdicts)
+        self.outputs: dict[int, Any] = {}
+
+    def screen(self, deltas: AsyncIterator[Any], index: int) -> AsyncIterator[Any]:
+        def seen(verdict: Any) -> None:
+            self.outputs[index] = verdict
+            if verdict.blocked:
+                self.state.metrics.count_filtered("output", verdict.results)
+
+        return screened(deltas, self.state.content_filter, seen)
+
+    def choice(self, index: int) -> dict[str, Any]:
+        if not self.state.annotates:
+            return {}
+        verdict = self.outputs.get(index)
+        return {"content_filter_results": verdict.results if verdict is not None else {}}
+
+    def first_chunk(self, envelope: Envelope, **extra: Any) -> list[str]:
+        """Streams open with a chunk without choices that holds the prompt's results."""
+        return [sse(envelope.wrap(choices=[], **self.prompt, **extra))] if self.prompt else []
+
+
 class _ChatRun:
+    annotations: Annotations
+
     def __init__(self, state, engine, prompt, params, adapter, envelope, recorder, n) -> None:
         self.state, self.engine, self.prompt, self.params = state, engine, prompt, params
         self.adapter, self.envelope, self.recorder, self.n = adapter, envelope, recorder, n
@@ -171,7 +202,7 @@ class _ChatRun:
     def deltas(self, index: int) -> AsyncIterator[Any]:
         params = choice_params(self.params, index)
         stream = engine_deltas(self.engine, self.prompt, params, self.adapter)
-        return screened(stream, self.state.content_filter)
+        return self.annotations.screen(stream, index)
 
     def logprobs(self, entries: list[Any]) -> dict[str, Any] | None:
         if not self.params.logprobs:
@@ -190,10 +221,13 @@ class _ChatRun:
                     "message": message,
                     "logprobs": self.logprobs(result.logprobs),
                     "finish_reason": result.finish_reason,
+                    **self.annotations.choice(index),
                 }
             )
         self.recorder.done()
-        return self.envelope.wrap(choices=choices, usage=usage_dict(usage))
+        return self.envelope.wrap(
+            choices=choices, usage=usage_dict(usage), **self.annotations.prompt
+        )
 
     def _chunk(self, index: int, delta: dict[str, Any], include_usage: bool, **rest: Any) -> str:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None} | rest
@@ -202,7 +236,10 @@ class _ChatRun:
 
     async def events(self, include_usage: bool) -> AsyncIterator[str]:
         usage = Usage(prompt_tokens=len(self.prompt))
+        extra = {"usage": None} if include_usage else {}
         try:
+            for chunk in self.annotations.first_chunk(self.envelope, **extra):
+                yield chunk
             for index in range(self.n):
                 yield self._chunk(index, {"role": "assistant", "content": ""}, include_usage)
                 async for delta in self.deltas(index):
@@ -210,7 +247,11 @@ class _ChatRun:
                     if delta.finish_reason is not None:
                         usage.completion_tokens += (delta.usage or Usage()).completion_tokens
                         yield self._chunk(
-                            index, {}, include_usage, finish_reason=delta.finish_reason
+                            index,
+                            {},
+                            include_usage,
+                            finish_reason=delta.finish_reason,
+                            **self.annotations.choice(index),
                         )
                     elif delta.text or delta.logprobs:
                         yield self._chunk(
@@ -270,7 +311,10 @@ async def _completion(state: ServerState, body: CompletionRequest, request: Requ
             engine.check_room(len(ids))
         except ContextLengthError as exc:
             raise APIError(413, str(exc), param="prompt", code="context_length_exceeded") from None
-    state.check_input([{"role": "user", "content": engine.tokenizer.decode(p)} for p in prompts])
+    verdicts = [
+        state.check_input([{"role": "user", "content": engine.tokenizer.decode(p)}])
+        for p in prompts
+    ]
     top = body.logprobs
     params = sampling_params(
         body,
@@ -282,6 +326,7 @@ async def _completion(state: ServerState, body: CompletionRequest, request: Requ
     recorder = Recorder(state.metrics, "completions", body.model)
     recorder.prompt(sum(len(p) for p in prompts))
     run = _CompletionRun(state, engine, params, adapter, recorder, body)
+    run.annotations = Annotations(state, verdicts)
     slot = await admitted(state)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -291,6 +336,8 @@ async def _completion(state: ServerState, body: CompletionRequest, request: Requ
 
 
 class _CompletionRun:
+    annotations: Annotations
+
     def __init__(self, state, engine, params, adapter, recorder, body) -> None:
         self.state, self.engine, self.params, self.adapter = state, engine, params, adapter
         self.recorder, self.body = recorder, body
@@ -305,41 +352,43 @@ class _CompletionRun:
                 logprobs.add(token_id, entry)
         return self.engine.tokenizer.decode(prompt)
 
-    def deltas(self, prompt: list[int], index: int) -> AsyncIterator[Any]:
+    def deltas(self, prompt: list[int], index: int, choice: int) -> AsyncIterator[Any]:
         params = choice_params(self.params, index)
         stream = engine_deltas(self.engine, prompt, params, self.adapter)
-        return screened(stream, self.state.content_filter)
+        return self.annotations.screen(stream, choice)
 
     def _legacy(self) -> LegacyLogprobs | None:
         if self.body.logprobs is None:
             return None
         return LegacyLogprobs(self.engine.token_text, self.body.logprobs)
 
-    async def one(self, prompt: list[int], index: int) -> tuple[dict[str, Any], Usage]:
+    async def one(self, prompt: list[int], index: int, choice: int) -> tuple[dict[str, Any], Usage]:
         logprobs = self._legacy()
         text = await self.echo(prompt, logprobs) if self.body.echo else ""
         result = ChoiceResult(finish_reason="length")
         if self.body.max_tokens:
-            result = await collect(self.deltas(prompt, index), self.recorder)
+            result = await collect(self.deltas(prompt, index, choice), self.recorder)
         if logprobs is not None:
             for entry in result.logprobs:
                 logprobs.add(entry.token_id, entry)
-        choice = {
+        body = {
             "text": text + result.text,
             "logprobs": logprobs.as_dict() if logprobs is not None else None,
             "finish_reason": result.finish_reason,
+            **self.annotations.choice(choice),
         }
-        return choice, result.usage
+        return body, result.usage
 
     async def whole(self, prompts: list[list[int]], envelope: Envelope) -> dict[str, Any]:
         choices, usage = [], Usage(prompt_tokens=sum(len(p) for p in prompts))
         for p_index, prompt in enumerate(prompts):
             for n_index in range(self.body.n):
-                choice, choice_usage = await self.one(prompt, n_index)
-                choices.append({"index": p_index * self.body.n + n_index, **choice})
+                index = p_index * self.body.n + n_index
+                choice, choice_usage = await self.one(prompt, n_index, index)
+                choices.append({"index": index, **choice})
                 usage.completion_tokens += choice_usage.completion_tokens
         self.recorder.done()
-        return envelope.wrap(choices=choices, usage=usage_dict(usage))
+        return envelope.wrap(choices=choices, usage=usage_dict(usage), **self.annotations.prompt)
 
     async def events(
         self, prompts: list[list[int]], envelope: Envelope, include_usage: bool
@@ -349,9 +398,13 @@ class _CompletionRun:
 
         def chunk(index: int, text: str, logprobs: Any = None, finish: str | None = None) -> str:
             choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            if finish is not None:
+                choice |= self.annotations.choice(index)
             return sse(envelope.wrap(choices=[choice], **extra))
 
         try:
+            for first in self.annotations.first_chunk(envelope, **extra):
+                yield first
             for p_index, prompt in enumerate(prompts):
                 for n_index in range(self.body.n):
                     index = p_index * self.body.n + n_index
@@ -376,7 +429,7 @@ class _CompletionRun:
         if not self.body.max_tokens:
             yield chunk(index, "", None, "length")
             return
-        async for delta in self.deltas(prompt, n_index):
+        async for delta in self.deltas(prompt, n_index, index):
             self.recorder.saw(delta)
             if delta.finish_reason is not None:
                 usage.completion_tokens += (delta.usage or Usage()).completion_tokens

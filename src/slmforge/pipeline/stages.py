@@ -1,0 +1,188 @@
+"""The stage kinds a workflow can use: each is a config model, its output field and a function.
+
+Registering a kind is one `StageKind` entry; the runner has no per-stage code. Every function
+takes the validated config (with `force` set by the runner when it replaces its own earlier
+output) and returns nothing: stages talk to each other only through their output paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from slmforge.config import StrictModel
+from slmforge.config.data import ConvertConfig, SampleConfig, SplitConfig, ValidateConfig
+from slmforge.config.evaluate import EvalConfig
+from slmforge.config.finetune import FinetuneConfig, MergeConfig
+from slmforge.config.models import TinyModelConfig
+from slmforge.config.optimize import OptimizeConfig
+from slmforge.errors import DataError, RunError
+
+
+@dataclass(frozen=True)
+class StageKind:
+    name: str
+    config: type[BaseModel]
+    output_field: str | None  # the field holding the path `${stage.output}` stands for
+    run: Callable[[Any], None]
+    summary: str
+    deployment_field: str | None = None  # the field naming a deployment the stage starts
+    # environment variables (secrets) the stage hands to the stages after it in a run
+    env: Callable[[Any], dict[str, str]] | None = None
+
+
+class DeployStageConfig(StrictModel):
+    """A `deploy` stage: `slmforge deploy create`, with the key written to a file."""
+
+    name: str = Field(description="Deployment name (lowercase letters, digits, '-').")
+    model: str = Field(description="Model, adapter or ONNX folder to serve.")
+    adapter: list[str] = Field(default_factory=list, description="NAME=PATH of another adapter.")
+    engine: Literal["auto", "torch", "onnx"] = Field("auto", description="Runtime.")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    key_file: Path = Field(
+        description="Where the API key is written (mode 600); the stages after this one get "
+        "it as $SLMFORGE_API_KEY, so `deploy:NAME` targets work."
+    )
+    force: bool = Field(False, description="Replace a deployment of this name and the key file.")
+
+
+def _tiny_model(cfg: TinyModelConfig) -> None:
+    from slmforge.models.tiny import build
+
+    build(cfg.arch, cfg.out, cfg.size, cfg.pretrain_steps, cfg.seed, cfg.force)
+
+
+def _sample(cfg: SampleConfig) -> None:
+    from slmforge.data.sample import write_sample
+
+    write_sample(cfg.out, force=cfg.force)
+
+
+def _convert(cfg: ConvertConfig) -> None:
+    from slmforge.data.formats import run_convert
+
+    run_convert(cfg)
+
+
+def _validate(cfg: ValidateConfig) -> None:
+    from slmforge.data.validate import run_validate
+
+    report = run_validate(cfg)
+    if report.errors and not cfg.drop_invalid:
+        raise DataError(report.findings)
+
+
+def _split(cfg: SplitConfig) -> None:
+    from slmforge.data.split import run_split
+
+    run_split(cfg)
+
+
+def _finetune(cfg: FinetuneConfig) -> None:
+    if cfg.nproc > 1:
+        _finetune_distributed(cfg)
+        return
+    from slmforge.train.sft import finetune
+
+    finetune(cfg)
+
+
+def _finetune_distributed(cfg: FinetuneConfig) -> None:
+    import tempfile
+
+    import yaml
+
+    from slmforge.train.distributed import launch
+
+    with tempfile.TemporaryDirectory(prefix="slmforge-ddp-") as tmp:
+        config_path = Path(tmp) / "finetune.yaml"
+        config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
+        code = launch(["finetune", "--config", str(config_path)], cfg.nproc)
+    if code:
+        raise RunError(f"distributed fine-tuning failed (workers exited with code {code})")
+
+
+def _merge(cfg: MergeConfig) -> None:
+    from slmforge.train.merge import merge_adapter
+
+    merge_adapter(
+        cfg.adapter,
+        cfg.out,
+        base=cfg.base,
+        dtype=cfg.dtype,
+        force=cfg.force,
+        allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+
+
+def _optimize(cfg: OptimizeConfig) -> None:
+    from slmforge.optimize.run import optimize
+
+    optimize(cfg)
+
+
+def _eval(cfg: EvalConfig) -> None:
+    from slmforge.evaluate.runner import run_eval
+
+    failed = run_eval(cfg).failed_gates
+    if failed:
+        names = ", ".join(f"{g['target']} {g['metric']}" for g in failed)
+        raise RunError(f"{len(failed)} gate(s) failed: {names} (report in {cfg.out})")
+
+
+def _deploy(cfg: DeployStageConfig) -> None:
+    import os
+
+    from slmforge.artifacts import atomic_file
+    from slmforge.serve import deployments
+
+    if cfg.force and any(d.name == cfg.name for d in deployments.all_deployments()):
+        deployments.delete(cfg.name)
+    _, key = deployments.create(cfg.name, cfg.model, cfg.adapter, cfg.engine, cfg.host, cfg.port)
+    try:
+        with atomic_file(cfg.key_file, force=cfg.force) as temp:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(key + "\n")
+    except BaseException:
+        deployments.delete(cfg.name)  # a deployment whose key is lost is of no use
+        raise
+
+
+def _deploy_env(cfg: DeployStageConfig) -> dict[str, str]:
+    from slmforge.runtime.specs import DEPLOYMENT_KEY_ENV
+
+    if not cfg.key_file.is_file():
+        return {}
+    return {DEPLOYMENT_KEY_ENV: cfg.key_file.read_text(encoding="utf-8").strip()}
+
+
+STAGE_KINDS: dict[str, StageKind] = {
+    kind.name: kind
+    for kind in (
+        StageKind("tiny_model", TinyModelConfig, "out", _tiny_model, "build a tiny model"),
+        StageKind("sample", SampleConfig, "out", _sample, "write the sample data"),
+        StageKind("convert", ConvertConfig, "out", _convert, "convert a data file"),
+        StageKind("validate", ValidateConfig, None, _validate, "check data files"),
+        StageKind("split", SplitConfig, "out_dir", _split, "split a data file"),
+        StageKind("finetune", FinetuneConfig, "out", _finetune, "fine-tune"),
+        StageKind("merge", MergeConfig, "out", _merge, "merge an adapter"),
+        StageKind("optimize", OptimizeConfig, "out", _optimize, "build an ONNX model"),
+        StageKind("eval", EvalConfig, "out", _eval, "evaluate targets"),
+        StageKind(
+            "deploy",
+            DeployStageConfig,
+            "key_file",
+            _deploy,
+            "start a deployment",
+            "name",
+            _deploy_env,
+        ),
+    )
+}

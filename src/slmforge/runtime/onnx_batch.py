@@ -1,0 +1,208 @@
+"""Batched forward passes over the decoder of an ONNX Runtime GenAI folder (`BatchModel` of
+`runtime/batching.py`).
+
+ONNX Runtime GenAI's own `og.Engine` batches only statically on CPU (its continuous path needs
+paged attention, which the builder emits for CUDA fp16/bf16 only), so a request that arrives
+while a batch runs waits for the whole batch; it also samples with its own sampler and has no
+per-request adapters (docs/architecture.md has the measurements). This module drives the same
+`model.onnx` with onnxruntime directly instead:
+
+- The builder's decoders use GroupQueryAttention, which takes each row's length from the
+  attention mask's row sums and writes a new token's key and value at that row's own position
+  in a buffer shared by past and present. Rows of different lengths therefore decode in one
+  pass: a row's cache holds its tokens at positions 0..length-1, and attention never reads
+  what lies after them.
+- Sequences that share an adapter form a `_Group`: rows 0..n-1 of per-layer key and value
+  buffers [rows, kv_heads, capacity, head_size], bound as both past and present, so a step
+  copies no cache. A finished sequence's row is refilled with the group's last row, so the
+  rows stay contiguous and a pass runs on `buffer[:n]`. Buffers grow by doubling.
+- Each `.onnx_adapter` file's tensors are bound as the graph's LoRA inputs (as ONNX Runtime
+  GenAI does); groups with different adapters run one pass each per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slmforge.errors import RunError
+
+ROWS_START = 4  # rows a group's buffers start with; doubles up to the batch size
+CAPACITY_START = 256  # tokens per row the buffers start with; doubles up to the context
+_DECODER_INPUTS = {"input_ids", "attention_mask", "past_key_names", "past_value_names"}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_INT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def batch_support(folder: Path, genai: dict[str, Any]) -> str | None:
+    """None when this folder's decoder can run batched here, else the reason it cannot."""
+    import onnx
+
+    decoder = genai["model"]["decoder"]
+    providers = decoder.get("session_options", {}).get("provider_options") or []
+    names = [name for entry in providers for name in entry]
+    if names:
+        return f"batched decoding runs on CPU, and this model is built for {', '.join(names)}"
+    extra = sorted(set(decoder.get("inputs", {})) - _DECODER_INPUTS)
+    if extra:
+        return f"its decoder also takes {', '.join(extra)}"
+    graph = onnx.load(str(folder / decoder["filename"]), load_external_data=False).graph
+    if not any(node.op_type == "GroupQueryAttention" for node in graph.node):
+        return "its decoder has no GroupQueryAttention, which rows of different lengths need"
+    return None
+
+
+@dataclass
+class _Slot:
+    group: _Group
+    row: int
+
+
+@dataclass
+class _Group:
+    """The sequences of one adapter (None = the base model), row by row."""
+
+    adapter: str | None
+    keys: list[np.ndarray] = field(default_factory=list)  # per layer
+    values: list[np.ndarray] = field(default_factory=list)
+    slots: list[_Slot] = field(default_factory=list)  # by row
+    lengths: list[int] = field(default_factory=list)  # tokens in each row's cache
+    rows: int = 0
+    capacity: int = 0
+
+
+def _grown(current: int, needed: int, start: int, limit: int) -> int:
+    size = max(current, start)
+    while size < needed:
+        size *= 2
+    return max(min(size, limit), needed)
+
+
+class OnnxBatchModel:
+    def __init__(
+        self,
+        folder: Path,
+        genai: dict[str, Any],
+        adapters: dict[str, str],
+        max_batch: int,
+        context_length: int,
+    ) -> None:
+        import onnxruntime as ort
+
+        decoder = genai["model"]["decoder"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # LoRA inputs with defaults are expected, not a warning
+        for key, value in decoder.get("session_options", {}).items():
+            if key in ("intra_op_num_threads", "inter_op_num_threads"):
+                setattr(options, key, int(value))
+        self.session = ort.InferenceSession(
+            str(folder / decoder["filename"]), options, providers=["CPUExecutionProvider"]
+        )
+        inputs, outputs = decoder["inputs"], decoder["outputs"]
+        self.input_ids, self.attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        self.logits = outputs["logits"]
+        self.cache_names = [
+            (inputs[f"past_{kind}_names"] % layer, outputs[f"present_{kind}_names"] % layer)
+            for layer in range(decoder["num_hidden_layers"])
+            for kind in ("key", "value")
+        ]
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.ids_dtype = _INT_DTYPES[types[self.input_ids]]
+        self.mask_dtype = _INT_DTYPES[types[self.attention_mask]]
+        self.cache_dtype = _DTYPES[types[self.cache_names[0][0]]]
+        self.kv_heads, self.head_size = decoder["num_key_value_heads"], decoder["head_size"]
+        self.max_batch, self.context_length = max_batch, context_length
+        # Adapter tensors are bound as inputs (run_with_iobinding ignores RunOptions' active
+        # adapters); the base runs on the graph's zero defaults.
+        self.adapter_inputs: dict[str | None, dict[str, Any]] = {None: {}}
+        for name, path in adapters.items():
+            parameters = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
+            self.adapter_inputs[name] = dict(parameters)
+        self.groups: dict[str | None, _Group] = {}
+
+    def open(self, prompt: list[int], adapter: str | None) -> tuple[_Slot, np.ndarray]:
+        group = self.groups.setdefault(adapter, _Group(adapter))
+        row = len(group.slots)
+        self._reserve(group, row + 1, len(prompt))
+        ids = np.asarray([prompt], dtype=self.ids_dtype)
+        logits = self._run(group, row, ids, np.ones_like(ids, dtype=self.mask_dtype))
+        slot = _Slot(group, row)
+        group.slots.append(slot)
+        group.lengths.append(len(prompt))
+        return slot, logits[0, -1]
+
+    def step(self, slots: list[_Slot], tokens: list[int]) -> list[np.ndarray]:
+        out: list[Any] = [None] * len(slots)
+        members: dict[int, list[int]] = {}  # id(group) -> indexes into slots
+        for index, slot in enumerate(slots):
+            members.setdefault(id(slot.group), []).append(index)
+        for indexes in members.values():
+            group = slots[indexes[0]].group
+            if len(indexes) != len(group.slots):
+                raise RunError("a batched step must feed every open sequence of its adapter")
+            ids = np.zeros((len(indexes), 1), dtype=self.ids_dtype)
+            for index in indexes:
+                ids[slots[index].row, 0] = tokens[index]
+            lengths = np.asarray(group.lengths)
+            self._reserve(group, len(indexes), int(lengths.max()) + 1)
+            # row b attends to its lengths[b] cached tokens and the new one
+            mask = np.arange(lengths.max() + 1)[None, :] <= lengths[:, None]
+            logits = self._run(group, 0, ids, mask.astype(self.mask_dtype))
+            for index in indexes:
+                out[index] = logits[slots[index].row, -1]
+            group.lengths = [length + 1 for length in group.lengths]
+        return out
+
+    def close(self, slot: _Slot) -> None:
+        group, row = slot.group, slot.row
+        last = len(group.slots) - 1
+        if row != last:  # keep rows contiguous: the last row moves into the freed one
+            length = group.lengths[last]
+            for buffer in (*group.keys, *group.values):
+                buffer[row, :, :length] = buffer[last, :, :length]
+            moved = group.slots[last]
+            moved.row = row
+            group.slots[row], group.lengths[row] = moved, length
+        group.slots.pop()
+        group.lengths.pop()
+        if not group.slots:  # frees the group's cache
+            del self.groups[group.adapter]
+
+    def reset(self) -> None:
+        self.groups.clear()
+
+    def _reserve(self, group: _Group, rows: int, length: int) -> None:
+        if rows <= group.rows and length <= group.capacity:
+            return
+        new_rows = _grown(group.rows, rows, ROWS_START, self.max_batch)
+        capacity = _grown(group.capacity, length, CAPACITY_START, self.context_length)
+        used = len(group.slots)
+        shape = (new_rows, self.kv_heads, capacity, self.head_size)
+        layers = len(self.cache_names) // 2
+        for buffers in (group.keys, group.values):
+            old = buffers or [None] * layers
+            buffers[:] = [np.zeros(shape, dtype=self.cache_dtype) for _ in range(layers)]
+            for grown, previous in zip(buffers, old, strict=True):
+                if previous is not None:
+                    grown[:used, :, : previous.shape[2]] = previous[:used]
+        group.rows, group.capacity = new_rows, capacity
+
+    def _run(self, group: _Group, row: int, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One pass over rows row..row+len(ids)-1 of the group's cache; returns the logits."""
+        binding = self.session.io_binding()
+        binding.bind_output(self.logits, "cpu")
+        binding.bind_cpu_input(self.input_ids, ids)
+        binding.bind_cpu_input(self.attention_mask, mask)
+        shape = (len(ids), self.kv_heads, group.capacity, self.head_size)
+        buffers = [b for pair in zip(group.keys, group.values, strict=True) for b in pair]
+        for (past, present), buffer in zip(self.cache_names, buffers, strict=True):
+            address = buffer[row : row + len(ids)].ctypes.data  # contiguous: whole leading rows
+            binding.bind_input(past, "cpu", 0, self.cache_dtype, shape, address)
+            binding.bind_output(present, "cpu", 0, self.cache_dtype, shape, address)
+        for name, value in self.adapter_inputs[group.adapter].items():
+            binding.bind_ortvalue_input(name, value)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()

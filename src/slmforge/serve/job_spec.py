@@ -1,0 +1,205 @@
+"""A fine-tuning job request -> a `FinetuneConfig`, checked before the job is queued.
+
+The OpenAI hyperparameters (`n_epochs`, `batch_size`, `learning_rate_multiplier`, each a value
+or "auto") map onto `FinetuneConfig` fields; slmforge's own training options (`lora_r`,
+`max_steps`, `target_modules`, ...) may be given beside them under the same names as
+`slmforge finetune`'s options. Everything validates through `FinetuneConfig`, so a bad value is
+a 400 that names the field, as in the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slmforge.config import validate
+from slmforge.config.finetune import FinetuneConfig
+from slmforge.errors import ConfigError
+from slmforge.serve.errors import APIError
+from slmforge.serve.store import JobStore
+
+DEFAULT_EPOCHS = 3
+# The training methods a request's `method.type` may name; "supervised" is LoRA.
+METHODS = {"supervised": "lora", "lora": "lora", "dora": "dora", "qlora": "qlora", "full": "full"}
+# slmforge options a request may set beside the OpenAI hyperparameters.
+EXTENSIONS = {
+    "max_steps",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "max_seq_len",
+    "warmup_steps",
+    "lr_scheduler",
+    "weight_decay",
+    "max_grad_norm",
+    "grad_accum",
+    "packing",
+    "train_on_prompt",
+    "text_template",
+    "save_every",
+    "eval_every",
+    "log_every",
+    "samples",
+    "precision",
+    "gradient_checkpointing",
+}
+OPENAI_NAMES = {"epochs": "n_epochs", "lr": "learning_rate_multiplier"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class JobRequest(BaseModel):
+    """The body of `POST /v1/fine_tuning/jobs`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    method: dict[str, Any] | None = None
+    suffix: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    integrations: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
+
+
+def _bad(message: str, param: str, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def resolve_model(model: str, model_root: Path | None) -> tuple[str, str]:
+    """(what FinetuneConfig.model gets, the base name in `ft:BASE:...`)."""
+    if model.startswith("ft:"):
+        raise _bad(
+            f"Fine-tuning the fine-tuned model {model} is not supported; start from its base.",
+            "model",
+            "model_not_supported",
+        )
+    candidate = Path(model).expanduser()
+    if model_root is not None:
+        root = model_root.resolve()
+        candidate = (root / candidate).resolve()
+        if not candidate.is_relative_to(root):
+            raise _bad(f"The model {model} is outside this server's model root.", "model")
+    if candidate.exists():
+        if (candidate / "adapter_config.json").is_file():
+            raise _bad(
+                f"{model} is an adapter; fine-tune its base model instead.",
+                "model",
+                "invalid_model",
+            )
+        if not (candidate / "config.json").is_file():
+            raise _bad(f"{model} is not a model folder (no config.json).", "model", "invalid_model")
+        return str(candidate.resolve()), candidate.name
+    if model_root is not None or not HUB_ID.match(model) or model.count("/") > 1:
+        raise APIError(
+            404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
+        )
+    return model, model.rsplit("/", 1)[-1]
+
+
+def model_name(base: str, suffix: str | None, job_id: str) -> str:
+    """`ft:BASE:SUFFIX:ID`; BASE keeps only characters that are valid in adapter names."""
+    label = re.sub(r"[^A-Za-z0-9_-]", "-", base)
+    return f"ft:{label}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+def _hyperparameters(request: JobRequest) -> tuple[dict[str, Any], str, str]:
+    """(hyperparameters, training method, the request field they came from)."""
+    hyper = dict(request.hyperparameters or {})
+    if request.method is None:
+        return hyper, "lora", "hyperparameters"
+    kind = request.method.get("type")
+    if kind not in METHODS:
+        known = ", ".join(METHODS)
+        raise _bad(f"method.type {kind!r} is not supported here (supported: {known}).", "method")
+    extra = set(request.method) - {"type", kind}
+    if extra:
+        raise _bad(f"Unrecognized request argument supplied: method.{sorted(extra)[0]}", "method")
+    settings = request.method.get(kind) or {}
+    if not isinstance(settings, dict) or set(settings) - {"hyperparameters"}:
+        raise _bad(f"method.{kind} takes only a hyperparameters object.", f"method.{kind}")
+    nested = settings.get("hyperparameters") or {}
+    if hyper and nested:
+        raise _bad(
+            "Give hyperparameters either at the top level or in method, not both.",
+            "hyperparameters",
+        )
+    return nested or hyper, METHODS[kind], f"method.{kind}.hyperparameters"
+
+
+def _auto(value: Any, default: Any) -> Any:
+    return default if value in (None, "auto") else value
+
+
+def build_config(
+    request: JobRequest,
+    job_id: str,
+    model: str,
+    files: dict[str, dict[str, Any]],
+    store: JobStore,
+    out: Path,
+    device: str,
+) -> tuple[FinetuneConfig, dict[str, Any], int]:
+    """(the validated FinetuneConfig, the job's OpenAI hyperparameters, total steps)."""
+    hyper, method, where = _hyperparameters(request)
+    known = {"n_epochs", "batch_size", "learning_rate_multiplier"} | EXTENSIONS
+    for name in hyper:
+        if name not in known:
+            raise _bad(
+                f"Unrecognized hyperparameter {where}.{name} (known: {', '.join(sorted(known))})",
+                f"{where}.{name}",
+            )
+    examples = files["training_file"]["examples"]
+    batch = _auto(hyper.get("batch_size"), min(8, max(1, examples // 10)))
+    epochs = _auto(hyper.get("n_epochs"), DEFAULT_EPOCHS)
+    multiplier = _auto(hyper.get("learning_rate_multiplier"), 1.0)
+    lr_default = FinetuneConfig.model_fields["lr"].default
+    values: dict[str, Any] = {
+        "model": model,
+        "data": str(store.file_path(files["training_file"])),
+        "out": str(out),
+        "method": method,
+        "epochs": epochs,
+        "batch_size": batch,
+        "lr": lr_default * multiplier if isinstance(multiplier, int | float) else multiplier,
+        "seed": request.seed if request.seed is not None else secrets.randbelow(2**31),
+        "log_every": 1,
+        "samples": 0,
+        "device": device,
+        **{k: v for k, v in hyper.items() if k in EXTENSIONS},
+    }
+    if "validation_file" in files:
+        values["eval_data"] = str(store.file_path(files["validation_file"]))
+    per_step = values["batch_size"] * values.get("grad_accum", 1)
+    if isinstance(per_step, int) and examples < per_step:
+        raise _bad(
+            f"The training file has {examples} examples, fewer than one batch "
+            f"(batch_size {per_step}).",
+            f"{where}.batch_size",
+        )
+    cfg = _validated(values, where)
+    steps_per_epoch = max(1, examples // (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    if cfg.save_every is None and total > steps_per_epoch:
+        cfg.save_every = steps_per_epoch  # a checkpoint per epoch, as OpenAI keeps them
+    public = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": multiplier}
+    return cfg, public, total
+
+
+def _validated(values: dict[str, Any], where: str) -> FinetuneConfig:
+    try:
+        return validate(FinetuneConfig, values, prefix=where)
+    except ConfigError as exc:
+        message = str(exc)
+        for ours, theirs in OPENAI_NAMES.items():
+            message = message.replace(f"{where}.{ours}:", f"{where}.{theirs}:")
+        param = message.split(":", 1)[0] if message.startswith(where) else where
+        raise _bad(message, param) from None
