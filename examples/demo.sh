@@ -2,7 +2,8 @@
 # The slmforge journey on a tiny model built here and slmforge's own sample data, from one
 # workflow file (examples/workflow.yaml): tiny model -> data -> LoRA -> merge -> int4 ONNX with
 # a switchable adapter -> a running deployment -> eval of base, tuned, int4 and the endpoint.
-# Every line is a command a user would type; artifacts land in demo-out/workflow/.
+# Every line is a command a user would type; artifacts land in demo-out/workflow/. Running it
+# again skips every cached stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SLMFORGE="${SLMFORGE:-.venv/bin/slmforge}"
@@ -11,9 +12,6 @@ RUNS="$OUT/runs"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
-
-step "0. Clean up what an earlier demo run created (nothing else is touched)"
-if [ -d "$RUNS" ]; then run "$SLMFORGE" clean --all --runs-dir "$RUNS" --yes; fi
 
 step "1. The whole journey from one file (each stage writes an artifact with a slmforge.json)"
 run "$SLMFORGE" run examples/workflow.yaml --dry-run
@@ -30,10 +28,9 @@ run "$SLMFORGE" deploy list
 echo "$QUESTION" | SLMFORGE_API_KEY="$(cat "$OUT/travel-demo.key")" \
   run "$SLMFORGE" chat deploy:travel-demo:travel --max-tokens 48
 
-step "4. Stop the deployment (the artifacts stay for you to look at)"
-run "$SLMFORGE" deploy delete travel-demo
-
 step "Done. Artifacts (each with a slmforge.json manifest):"
 for path in base data/split adapter merged onnx-int4 eval; do printf '  %s/%s\n' "$OUT" "$path"; done
 printf '  loss plot: %s/adapter/loss.png\n  eval report: %s/eval/report.html\n' "$OUT" "$OUT"
-printf '  remove everything the demo created: %s clean --all --runs-dir %s --yes\n' "$SLMFORGE" "$RUNS"
+printf '  deployment travel-demo keeps running (%s deploy list)\n' "$SLMFORGE"
+printf '  remove everything the demo created, deployment included:\n'
+printf '    %s clean --all --runs-dir %s --yes\n' "$SLMFORGE" "$RUNS"
