@@ -19,7 +19,8 @@ from slmforge.cli.main import main
 from slmforge.config.jobs import JobsServeConfig
 from slmforge.data.sample import write_sample
 from slmforge.serve import deployments
-from slmforge.serve.jobs_server import RunningJobsServer, start_jobs_in_thread
+from slmforge.serve.jobs_server import start_jobs_in_thread
+from slmforge.serve.server import RunningServer
 from slmforge.serve.store import JobStore
 from slmforge.serve.worker import process_start
 
@@ -56,7 +57,7 @@ def worker_gone(home: Path, job_id: str) -> bool:
 
 @pytest.fixture
 def serve_jobs(tmp_path) -> Iterator[Callable[..., tuple[openai.OpenAI, Path]]]:
-    started: list[RunningJobsServer] = []
+    started: list[RunningServer] = []
 
     def start(workers: int = 1) -> tuple[openai.OpenAI, Path]:
         home = tmp_path / "jobs"

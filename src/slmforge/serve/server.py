@@ -43,14 +43,86 @@ def base_url(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
+def uvicorn_server(app: Any) -> Any:
+    """A uvicorn server for `app` that leaves process-wide logging alone."""
+    import uvicorn
+
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            # uvicorn's own config would reset process-wide logging (and with it
+            # handlers other libraries hold); its warnings reach stderr without it
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            lifespan="on",
+        )
+    )
+
+
+def serve_on(server: Any, sock: socket.socket, host: str) -> None:
+    """Serve until stopped or Ctrl-C (uvicorn re-raises it after its graceful shutdown)."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        warn(f"listening on {host}: reachable from other machines")
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        info("stopped")
+    finally:
+        sock.close()
+
+
+@dataclass
+class RunningServer:
+    """A server running in a thread of this process (tests, the app, benchmarks)."""
+
+    server: Any  # has .url, .stop() and .run()
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self, timeout: float = 30) -> None:
+        self.server.stop()
+        self.thread.join(timeout)
+
+
+def run_in_thread(server: Any, ready_timeout_s: float, name: str) -> RunningServer:
+    """Start `server.run()` in a thread and wait until its /health answers 200."""
+    import httpx
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if errors:
+            raise errors[0]
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return RunningServer(server, thread)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise RunError(f"the server at {server.url} was not ready within {ready_timeout_s:.0f}s")
+
+
 class Server:
     """One server: `run()` blocks until it is stopped; `stop()` ends it from another thread."""
 
     def __init__(
         self, config: ServeConfig, served: ServedModel | None = None, content_filter: Any = None
     ) -> None:
-        import uvicorn
-
         from slmforge.serve.app import create_app
 
         self.config = config
@@ -62,18 +134,7 @@ class Server:
         self.state = self.app.state.slmforge
         self.socket = bind(config.host, config.port)
         self.url = base_url(self.socket)
-        self._uvicorn = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                log_level="warning",
-                # uvicorn's own config would reset process-wide logging (and with it
-                # handlers other libraries hold); its warnings reach stderr without it
-                log_config=None,
-                access_log=False,
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-                lifespan="on",
-            )
-        )
+        self._uvicorn = uvicorn_server(self.app)
 
     def load(self) -> None:
         """Load the model (unless given); a failure stops the server and is raised by run()."""
@@ -104,14 +165,7 @@ class Server:
         loader = threading.Thread(target=self.load, name="slmforge-load", daemon=True)
         loader.start()
         info(f"serving on {self.url}/v1 (health: {self.url}/health)")
-        if self.config.host not in ("127.0.0.1", "localhost", "::1"):
-            warn(f"listening on {self.config.host}: reachable from other machines")
-        try:
-            self._uvicorn.run(sockets=[self.socket])
-        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
-            info("stopped")
-        finally:
-            self.socket.close()
+        serve_on(self._uvicorn, self.socket, self.config.host)
         loader.join(timeout=1)
         if self._load_exception is not None:
             exc = self._load_exception
@@ -123,20 +177,6 @@ class Server:
         self._uvicorn.should_exit = True
 
 
-@dataclass
-class RunningServer:
-    server: Server
-    thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def stop(self, timeout: float = 30) -> None:
-        self.server.stop()
-        self.thread.join(timeout)
-
-
 def start_in_thread(
     config: ServeConfig,
     served: ServedModel | None = None,
@@ -144,28 +184,5 @@ def start_in_thread(
     ready_timeout_s: float = 300,
 ) -> RunningServer:
     """Start a server in a thread of this process and wait until it answers with a model."""
-    import httpx
-
     server = Server(config, served, content_filter)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            server.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="slmforge-serve", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if errors:
-            raise errors[0]
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return RunningServer(server, thread)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise RunError(f"the server at {server.url} was not ready within {ready_timeout_s:.0f}s")
+    return run_in_thread(server, ready_timeout_s, "slmforge-serve")

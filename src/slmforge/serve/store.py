@@ -353,6 +353,11 @@ class JobStore:
         )
         return rows[:limit], len(rows) > limit
 
+    def reported_steps(self, job_id: str) -> set[tuple[int, bool]]:
+        """(step, is a training record) of every metrics event a job already has."""
+        rows = self._all("SELECT data FROM events WHERE job_id = ? AND type = 'metrics'", (job_id,))
+        return {(int(row["data"]["step"]), "train_loss" in row["data"]) for row in rows}
+
     def add_checkpoint(
         self, job_id: str, step: int, metrics: dict[str, Any], name: str, path: Path
     ) -> bool:

@@ -221,12 +221,13 @@ def metrics_csv(records: list[dict[str, Any]]) -> bytes:
 class Watcher:
     """Turns the run's metric records and checkpoints into job events and checkpoint rows."""
 
-    def __init__(self, store: JobStore, job: Job, work: Path, after_step: int = 0) -> None:
+    def __init__(self, store: JobStore, job: Job, work: Path) -> None:
         self.store = store
         self.job = job
         self.work = work
-        self.after_step = after_step  # steps a resumed run already reported
-        self.reported: set[tuple[int, bool]] = set()  # (step, is a training record)
+        # (step, is a training record) already in the store: a resumed run reports each step
+        # once, including steps a killed worker logged but had not reported yet
+        self.reported: set[tuple[int, bool]] = store.reported_steps(job.id)
         self.records: list[dict[str, Any]] = []
         self.checkpoints: set[int] = set()
 
@@ -249,7 +250,7 @@ class Watcher:
         self.records = records
         for record in records:
             key = (record["step"], "loss" in record)
-            if record["step"] > self.after_step and key not in self.reported:
+            if key not in self.reported:
                 self.reported.add(key)
                 self._event(record)
         for folder in sorted(checkpoint_dir(self.work).glob("step-*")):
@@ -321,14 +322,12 @@ def run_job(store: JobStore, job_id: str) -> None:
     cfg = FinetuneConfig(**job.config)
     work = work_dir(cfg.out)
     latest = ckpt.latest_checkpoint(work)
-    resumed_at = 0
     if job.resume and latest is not None:
         cfg = cfg.model_copy(update={"resume": True})
-        resumed_at = int(latest.name.removeprefix("step-"))
         store.add_event(job_id, f"Resuming from checkpoint {latest.name}")
     elif work.exists():
         cfg = cfg.model_copy(update={"force": True})
-    watcher = Watcher(store, job, work, resumed_at)
+    watcher = Watcher(store, job, work)
     done = threading.Event()
     thread = threading.Thread(target=_watch, args=(watcher, done), daemon=True)
     thread.start()
