@@ -4,7 +4,7 @@
 ONNX Runtime GenAI's own `og.Engine` batches only statically on CPU (its continuous path needs
 paged attention, which the builder emits for CUDA fp16/bf16 only), so a request that arrives
 while a batch runs waits for the whole batch; it also samples with its own sampler and has no
-per-request adapters (docs/architecture.md has the measurements). This module drives the same
+per-request adapters (measured in docs/benchmarks.md). This module drives the same
 `model.onnx` with onnxruntime directly instead:
 
 - The builder's decoders use GroupQueryAttention, which takes each row's length from the
