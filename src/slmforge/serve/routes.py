@@ -234,42 +234,52 @@ class _ChatRun:
         extra = {"usage": None} if include_usage else {}
         return sse(self.envelope.wrap(choices=[choice], **extra))
 
-    async def events(self, include_usage: bool) -> AsyncIterator[str]:
+    def events(self, include_usage: bool) -> AsyncIterator[str]:
+        return finished_stream(self._events(include_usage), self.recorder)
+
+    async def _events(self, include_usage: bool) -> AsyncIterator[str]:
         usage = Usage(prompt_tokens=len(self.prompt))
         extra = {"usage": None} if include_usage else {}
-        try:
-            for chunk in self.annotations.first_chunk(self.envelope, **extra):
-                yield chunk
-            for index in range(self.n):
-                yield self._chunk(index, {"role": "assistant", "content": ""}, include_usage)
-                async for delta in self.deltas(index):
-                    self.recorder.saw(delta)
-                    if delta.finish_reason is not None:
-                        usage.completion_tokens += (delta.usage or Usage()).completion_tokens
-                        yield self._chunk(
-                            index,
-                            {},
-                            include_usage,
-                            finish_reason=delta.finish_reason,
-                            **self.annotations.choice(index),
-                        )
-                    elif delta.text or delta.logprobs:
-                        yield self._chunk(
-                            index,
-                            {"content": delta.text},
-                            include_usage,
-                            logprobs=self.logprobs(delta.logprobs or []),
-                        )
-            if include_usage:
-                yield sse(self.envelope.wrap(choices=[], usage=usage_dict(usage)))
-        except (APIError, InputError) as exc:
-            yield sse(_error_body(exc))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            yield sse(APIError(500, "The server had an error while generating.").body())
-        self.recorder.done()
-        yield sse("[DONE]")
+        for chunk in self.annotations.first_chunk(self.envelope, **extra):
+            yield chunk
+        for index in range(self.n):
+            yield self._chunk(index, {"role": "assistant", "content": ""}, include_usage)
+            async for delta in self.deltas(index):
+                self.recorder.saw(delta)
+                if delta.finish_reason is not None:
+                    usage.completion_tokens += (delta.usage or Usage()).completion_tokens
+                    yield self._chunk(
+                        index,
+                        {},
+                        include_usage,
+                        finish_reason=delta.finish_reason,
+                        **self.annotations.choice(index),
+                    )
+                elif delta.text or delta.logprobs:
+                    yield self._chunk(
+                        index,
+                        {"content": delta.text},
+                        include_usage,
+                        logprobs=self.logprobs(delta.logprobs or []),
+                    )
+        if include_usage:
+            yield sse(self.envelope.wrap(choices=[], usage=usage_dict(usage)))
+
+
+async def finished_stream(events: AsyncIterator[str], recorder: Recorder) -> AsyncIterator[str]:
+    """A stream's events, then `[DONE]`; an error after the stream started is reported in the
+    stream as an OpenAI error object (the status line has already been sent)."""
+    try:
+        async for event in events:
+            yield event
+    except (APIError, InputError) as exc:
+        yield sse(_error_body(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        yield sse(APIError(500, "The server had an error while generating.").body())
+    recorder.done()
+    yield sse("[DONE]")
 
 
 def _error_body(exc: Exception) -> dict[str, Any]:
@@ -390,7 +400,12 @@ class _CompletionRun:
         self.recorder.done()
         return envelope.wrap(choices=choices, usage=usage_dict(usage), **self.annotations.prompt)
 
-    async def events(
+    def events(
+        self, prompts: list[list[int]], envelope: Envelope, include_usage: bool
+    ) -> AsyncIterator[str]:
+        return finished_stream(self._events(prompts, envelope, include_usage), self.recorder)
+
+    async def _events(
         self, prompts: list[list[int]], envelope: Envelope, include_usage: bool
     ) -> AsyncIterator[str]:
         usage = Usage(prompt_tokens=sum(len(p) for p in prompts))
@@ -402,24 +417,15 @@ class _CompletionRun:
                 choice |= self.annotations.choice(index)
             return sse(envelope.wrap(choices=[choice], **extra))
 
-        try:
-            for first in self.annotations.first_chunk(envelope, **extra):
-                yield first
-            for p_index, prompt in enumerate(prompts):
-                for n_index in range(self.body.n):
-                    index = p_index * self.body.n + n_index
-                    async for piece in self._choice_events(prompt, n_index, index, chunk, usage):
-                        yield piece
-            if include_usage:
-                yield sse(envelope.wrap(choices=[], usage=usage_dict(usage)))
-        except (APIError, InputError) as exc:
-            yield sse(_error_body(exc))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            yield sse(APIError(500, "The server had an error while generating.").body())
-        self.recorder.done()
-        yield sse("[DONE]")
+        for first in self.annotations.first_chunk(envelope, **extra):
+            yield first
+        for p_index, prompt in enumerate(prompts):
+            for n_index in range(self.body.n):
+                index = p_index * self.body.n + n_index
+                async for piece in self._choice_events(prompt, n_index, index, chunk, usage):
+                    yield piece
+        if include_usage:
+            yield sse(envelope.wrap(choices=[], usage=usage_dict(usage)))
 
     async def _choice_events(self, prompt, n_index, index, chunk, usage) -> AsyncIterator[str]:
         if self.body.echo:
