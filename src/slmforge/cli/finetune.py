@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import typer
-import yaml
 
 from slmforge.cli.options import model_command
 from slmforge.config.finetune import FinetuneConfig, MergeConfig
-from slmforge.errors import RunError
-
-
-def _launch_distributed(cfg: FinetuneConfig) -> None:
-    """Re-run this command under torchrun with the validated config as a YAML file."""
-    from slmforge.train.distributed import launch
-
-    with tempfile.TemporaryDirectory(prefix="slmforge-ddp-") as tmp:
-        config_path = Path(tmp) / "finetune.yaml"
-        config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
-        code = launch(["finetune", "--config", str(config_path)], cfg.nproc)
-    if code:
-        err = RunError(f"distributed fine-tuning failed (workers exited with code {code})")
-        err.exit_code = code if code in (2, 130) else 1
-        raise err
 
 
 def _summary(out: Path) -> None:
@@ -49,10 +32,10 @@ def register(app: typer.Typer) -> None:
     @model_command(app, "finetune", FinetuneConfig, config_file=True)
     def finetune(cfg: FinetuneConfig) -> None:
         """Fine-tune a causal LM with LoRA, QLoRA, DoRA or full SFT (assistant-only loss)."""
-        from slmforge.train.distributed import under_launcher
+        from slmforge.train.distributed import launch_finetune, under_launcher
 
         if cfg.nproc > 1 and not under_launcher():
-            _launch_distributed(cfg)
+            launch_finetune(cfg)
             _summary(cfg.out)
             return
         from slmforge.train.sft import finetune as run_finetune

@@ -85,26 +85,13 @@ def _split(cfg: SplitConfig) -> None:
 
 def _finetune(cfg: FinetuneConfig) -> None:
     if cfg.nproc > 1:
-        _finetune_distributed(cfg)
+        from slmforge.train.distributed import launch_finetune
+
+        launch_finetune(cfg)
         return
     from slmforge.train.sft import finetune
 
     finetune(cfg)
-
-
-def _finetune_distributed(cfg: FinetuneConfig) -> None:
-    import tempfile
-
-    import yaml
-
-    from slmforge.train.distributed import launch
-
-    with tempfile.TemporaryDirectory(prefix="slmforge-ddp-") as tmp:
-        config_path = Path(tmp) / "finetune.yaml"
-        config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
-        code = launch(["finetune", "--config", str(config_path)], cfg.nproc)
-    if code:
-        raise RunError(f"distributed fine-tuning failed (workers exited with code {code})")
 
 
 def _merge(cfg: MergeConfig) -> None:

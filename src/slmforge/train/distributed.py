@@ -108,3 +108,21 @@ def launch(argv: list[str], nproc: int) -> int:
         return subprocess.run(cmd, check=False).returncode
     except OSError as exc:
         raise RunError(f"could not start torchrun: {exc}") from exc
+
+
+def launch_finetune(cfg: Any) -> None:
+    """Run `slmforge finetune` with the validated `FinetuneConfig` in `cfg.nproc` processes
+    (the config travels as a YAML file); the CLI and workflows both start DDP runs here."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="slmforge-ddp-") as tmp:
+        config_path = Path(tmp) / "finetune.yaml"
+        config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
+        code = launch(["finetune", "--config", str(config_path)], cfg.nproc)
+    if code:
+        err = RunError(f"distributed fine-tuning failed (workers exited with code {code})")
+        err.exit_code = code if code in (2, 130) else 1
+        raise err
