@@ -107,9 +107,14 @@ def run_baseline(args: argparse.Namespace) -> dict:
     seen = {"tokens": 0}
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
-    def counting_collator(features):
-        seen["tokens"] += sum(len(f["input_ids"]) for f in features)
-        return collator(features)
+    class CountingTrainer(Trainer):
+        """Counts the real (non-padding) tokens of batches actually trained on, as slmforge
+        does. Counting in the collator would over-count: accelerate's data loader fetches one
+        batch ahead, so it sees steps + 1 batches."""
+
+        def training_step(self, model, inputs, *rest, **kwargs):
+            seen["tokens"] += int(inputs["attention_mask"].sum())
+            return super().training_step(model, inputs, *rest, **kwargs)
 
     training = TrainingArguments(
         output_dir=str(Path(args.work) / "baseline"),
@@ -126,8 +131,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
         remove_unused_columns=False,
         seed=42,
     )
-    trainer = Trainer(
-        model=model, args=training, train_dataset=rows, data_collator=counting_collator
+    trainer = CountingTrainer(
+        model=model, args=training, train_dataset=rows, data_collator=collator
     )
     start = time.perf_counter()
     trainer.train()
