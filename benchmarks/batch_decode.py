@@ -1,7 +1,8 @@
 """Why slmforge batches ONNX decoding itself: B greedy sequences decoded at once on the int4
 `small` model, in one process without HTTP, three ways:
 
-- `sequential`: one `og.Generator` after another (the one-request path of `OnnxEngine`);
+- `sequential`: one `og.Generator` after another (`OnnxEngine(decoder="genai")`, one request
+  at a time);
 - `og-engine`: onnxruntime-genai 0.18's `og.Engine` with `max_batch_size` B (on CPU it batches
   statically: the continuous, paged-attention path needs a CUDA fp16/bf16 build);
 - `slmforge`: `OnnxEngine(max_batch=B)`, the continuous batching of `runtime/onnx_batch.py`.
@@ -118,7 +119,7 @@ def main() -> None:
     from slmforge.runtime.onnx_engine import OnnxEngine
 
     folder = onnx_model("int4")
-    single = OnnxEngine(folder)
+    single = OnnxEngine(folder, decoder="genai")
     encode = single.tokenizer
     rows = []
     for batch in [int(b) for b in args.batch.split(",")]:

@@ -7,9 +7,10 @@ in its own process: a warm-up run, then `--runs` measured runs; the median is re
 
 - `torch-fp32`: `TorchEngine` (transformers eager, KV cache) with slmforge's decode loop.
 - `onnx-{fp32,int8,int4}`: `OnnxEngine` over `slmforge optimize` builds, same decode loop
-  (onnxruntime-genai's generator runs the forward passes).
-- `onnx-int4-batched`: the same int4 model through the continuous-batching runner that
-  `slmforge serve --max-concurrency K` uses (`runtime/onnx_batch.py`), one sequence.
+  (its default CPU path: onnxruntime on `model.onnx`, cache bound in place,
+  `runtime/onnx_batch.py`).
+- `onnx-int4-genai`: the same int4 model with `OnnxEngine(decoder="genai")`: onnxruntime-genai's
+  generator runs the forward passes (the engine's path for builds the direct one cannot run).
 - `llama-{f32,q8_0,q4_0}`: llama-cpp-python on GGUF files converted from the same weights
   (`gguf_export.py`), `eval` + argmax, no sampling chain.
 
@@ -37,7 +38,7 @@ VARIANTS = [
     "onnx-fp32",
     "onnx-int8",
     "onnx-int4",
-    "onnx-int4-batched",
+    "onnx-int4-genai",
     "llama-f32",
     "llama-q8_0",
     "llama-q4_0",
@@ -63,21 +64,6 @@ def engine_run(engine, prompt: list[int], tokens: int) -> tuple[float, float]:
         for _ in islice(stream, tokens - 1):
             pass
         return first - start, time.perf_counter() - first
-
-
-def batched_run(engine, prompt: list[int], tokens: int) -> tuple[float, float]:
-    """One sequence through the continuous-batching runner `slmforge serve` uses when
-    `--max-concurrency` > 1 (onnxruntime on the same model.onnx, a scheduler thread)."""
-    from slmforge.runtime.engine import GenParams
-    from slmforge.runtime.sampling import Sampler
-
-    start = time.perf_counter()
-    stream = engine.batcher.submit(prompt, Sampler(GenParams()), None, tokens, set()).tokens()
-    next(stream)
-    first = time.perf_counter()
-    for _ in stream:
-        pass
-    return first - start, time.perf_counter() - first
 
 
 def llama_run(llm, prompt: list[int], tokens: int) -> tuple[float, float]:
@@ -108,17 +94,12 @@ def measure_one(variant: str, tokens: int, runs: int) -> dict:
         torch.set_num_threads(THREADS)
         engine, path = TorchEngine(str(model)), model
         run = lambda: engine_run(engine, prompt, tokens)  # noqa: E731
-    elif variant == "onnx-int4-batched":
-        from slmforge.runtime.onnx_engine import OnnxEngine
-
-        path = onnx_model("int4")
-        engine = OnnxEngine(path, max_batch=2)
-        run = lambda: batched_run(engine, prompt, tokens)  # noqa: E731
     elif kind == "onnx":
         from slmforge.runtime.onnx_engine import OnnxEngine
 
-        path = onnx_model(precision)
-        engine = OnnxEngine(path)
+        genai = precision.endswith("-genai")
+        path = onnx_model(precision.removesuffix("-genai"))
+        engine = OnnxEngine(path, decoder="genai" if genai else "auto")
         run = lambda: engine_run(engine, prompt, tokens)  # noqa: E731
     else:
         import llama_cpp

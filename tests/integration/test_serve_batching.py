@@ -1,6 +1,7 @@
 """Continuous batching of the ONNX engine: requests decoded together give exactly what each
 gives alone (greedy, seeded sampling, stop strings, adapters, log-probabilities, JSON mode),
-through the engine and through the server with the official `openai` client.
+through the engine and through the server with the official `openai` client. The one-request
+path that drives onnxruntime directly gives what onnxruntime-genai's generator gives.
 
 Batches are formed with `BatchScheduler.held()`: requests queue up while it is held and are
 admitted together when it is released, so the tests do not depend on timing."""
@@ -50,6 +51,22 @@ def run(engine: OnnxEngine, index: int, **extra) -> tuple:
     logprobs = [(e.token_id, round(e.logprob, 4)) for d in deltas for e in d.logprobs or []]
     final = deltas[-1]
     return "".join(d.text for d in deltas), final.finish_reason, final.usage, logprobs
+
+
+def test_direct_decoder_equals_onnxruntime_genai(engines, llama_onnx) -> None:
+    alone, _ = engines
+    genai = OnnxEngine(llama_onnx, decoder="genai")
+    assert alone.direct is not None and genai.direct is None and genai.model is not None
+    for index in range(4):
+        text, finish, usage, logprobs = run(genai, index)
+        expected = run(alone, index)
+        assert (text, finish, usage) == expected[:3]
+        assert [t for t, _ in logprobs] == [t for t, _ in expected[3]]
+        assert [v for _, v in logprobs] == pytest.approx([v for _, v in expected[3]], abs=1e-3)
+    ids = alone.encode(PROMPTS[0])
+    for adapter in (None, "travel"):
+        direct = [s.logprob for s in alone.score(ids, adapter)[1:]]
+        assert direct == pytest.approx([s.logprob for s in genai.score(ids, adapter)[1:]], abs=1e-3)
 
 
 def together(engine: OnnxEngine, work, count: int) -> list:

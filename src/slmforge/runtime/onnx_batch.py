@@ -22,6 +22,8 @@ per-request adapters (measured in docs/benchmarks.md). This module drives the sa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,7 @@ class _Group:
     lengths: list[int] = field(default_factory=list)  # tokens in each row's cache
     rows: int = 0
     capacity: int = 0
+    rows_start: int = ROWS_START
 
 
 def _grown(current: int, needed: int, start: int, limit: int) -> int:
@@ -126,13 +129,43 @@ class OnnxBatchModel:
     def open(self, prompt: list[int], adapter: str | None) -> tuple[_Slot, np.ndarray]:
         group = self.groups.setdefault(adapter, _Group(adapter))
         row = len(group.slots)
+        logits = self._prefill(group, prompt)
+        slot = _Slot(group, row)
+        group.slots.append(slot)
+        return slot, logits[-1]
+
+    @contextmanager
+    def single(self, adapter: str | None) -> Iterator[Callable[[list[int]], np.ndarray]]:
+        """One sequence in a cache of its own, outside the batch's groups: the engine's
+        one-request path. Yields `forward(new_ids) -> logits of the last position`; safe beside
+        a running batch scheduler (ONNX Runtime sessions run concurrently)."""
+        group = _Group(adapter, rows_start=1)
+
+        def forward(new_ids: list[int]) -> np.ndarray:
+            if not group.lengths:
+                return self._prefill(group, new_ids)[-1]
+            for token in new_ids:
+                length = group.lengths[0]
+                self._reserve(group, 1, length + 1)
+                ids = np.asarray([[token]], dtype=self.ids_dtype)
+                logits = self._run(group, 0, ids, np.ones((1, length + 1), self.mask_dtype))
+                group.lengths[0] = length + 1
+            return logits[0, -1]
+
+        yield forward
+
+    def sequence_logits(self, ids: list[int], adapter: str | None) -> np.ndarray:
+        """Logits at every position of `ids` (one pass in a cache of its own)."""
+        return self._prefill(_Group(adapter, rows_start=1), ids)
+
+    def _prefill(self, group: _Group, prompt: list[int]) -> np.ndarray:
+        """Runs `prompt` into the group's next free row; returns logits [len(prompt), vocab]."""
+        row = len(group.lengths)
         self._reserve(group, row + 1, len(prompt))
         ids = np.asarray([prompt], dtype=self.ids_dtype)
         logits = self._run(group, row, ids, np.ones_like(ids, dtype=self.mask_dtype))
-        slot = _Slot(group, row)
-        group.slots.append(slot)
         group.lengths.append(len(prompt))
-        return slot, logits[0, -1]
+        return logits[0]
 
     def step(self, slots: list[_Slot], tokens: list[int]) -> list[np.ndarray]:
         out: list[Any] = [None] * len(slots)
@@ -177,9 +210,9 @@ class OnnxBatchModel:
     def _reserve(self, group: _Group, rows: int, length: int) -> None:
         if rows <= group.rows and length <= group.capacity:
             return
-        new_rows = _grown(group.rows, rows, ROWS_START, self.max_batch)
+        new_rows = _grown(group.rows, rows, group.rows_start, max(self.max_batch, rows))
         capacity = _grown(group.capacity, length, CAPACITY_START, self.context_length)
-        used = len(group.slots)
+        used = len(group.lengths)
         shape = (new_rows, self.kv_heads, capacity, self.head_size)
         layers = len(self.cache_names) // 2
         for buffers in (group.keys, group.values):
