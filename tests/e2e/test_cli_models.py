@@ -82,6 +82,7 @@ def test_chat_with_piped_stdin(tiny_llama: Path) -> None:
         "8",
         "--system",
         "Be brief.",
+        "--timings",
         stdin="What's a must-see in Lisbon?\nAnd in Porto?\n/exit\nnever read\n",
     )
     assert result.returncode == 0, result.stderr

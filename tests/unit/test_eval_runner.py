@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from slmforge.evaluate.runner import _bounded
+from slmforge.evaluate.runner import bounded
 
 
 def test_bounded_pool_keeps_at_most_workers_in_flight():
@@ -24,6 +24,6 @@ def test_bounded_pool_keeps_at_most_workers_in_flight():
             state["in_flight"] -= 1
             state["done"].append(item)
 
-    _bounded("test", items, work, workers, total=len(items))
+    bounded("test", items, work, workers, total=len(items))
     assert state["most"] == workers
     assert sorted(state["done"]) == items

@@ -1,87 +1,125 @@
-"""`slmforge chat MODEL`: a terminal chat with a local model (and its LoRA adapters).
+"""`slmforge chat --model SPEC`: a terminal chat with any model (`slmforge.app.tui`).
 
-Reads one user message per line from stdin, so it works piped (`echo hi | slmforge chat m`) as
-well as interactively; `/exit` or end of input ends it. Answers stream to stdout; time to first
-token and tokens/s go to stderr, dim, so stdout holds only the conversation.
+Interactive on a terminal (a `>` prompt, commands, Ctrl-C stops an answer); piped, it answers
+one question per line until end of input (`echo hi | slmforge chat --model m`). Answers
+stream to stdout; the prompt, command replies and `--timings` go to stderr, so stdout holds
+only the answers.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
 from slmforge.config import parse_adapter_options, validate
+from slmforge.errors import InputError
 
-EXIT_COMMANDS = {"/exit", "/quit"}
+SPEC_HELP = (
+    "Model folder (PyTorch or ONNX), adapter folder, hub id, FOLDER+ADAPTER, "
+    "openai:MODEL@BASE_URL, deploy:NAME or profile:NAME."
+)
 
 
-def _stats_line(final: object) -> str:
-    timings = getattr(final, "timings", None)
-    usage = getattr(final, "usage", None)
-    parts = []
-    if timings is not None and timings.ttft_s is not None:
-        parts.append(f"ttft {timings.ttft_s * 1000:.0f} ms")
-    if timings is not None and timings.tokens_per_s is not None:
-        parts.append(f"{timings.tokens_per_s:.1f} tokens/s")
-    if usage is not None:
-        parts.append(f"{usage.completion_tokens} tokens")
-    return ", ".join(parts)
+def _model(argument: str | None, option: str | None) -> str:
+    if argument and option and argument != option:
+        raise InputError(f"two models given ({argument} and --model {option}); give one")
+    model = option or argument
+    if not model:
+        raise InputError("no model given; e.g. slmforge chat --model out/onnx-int4")
+    return model
+
+
+def _adapters(values: list[str]) -> tuple[dict[str, Path], str | None]:
+    """`--adapter` values: NAME=DIR folders to load, and at most one NAME to select."""
+    names = [v for v in values if "=" not in v]
+    if len(names) > 1:
+        raise InputError(f"--adapter: one adapter answers at a time, got {', '.join(names)}")
+    return parse_adapter_options([v for v in values if "=" in v]), next(iter(names), None)
+
+
+def _prompt_on_stderr() -> str:
+    sys.stderr.write("> ")
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
 
 
 def chat(
-    model: str = typer.Argument(
-        help="Model folder (PyTorch or ONNX), adapter folder, hub id, FOLDER+ADAPTER, "
-        "openai:MODEL@BASE_URL, or profile:NAME (slmforge profile add)."
+    model_argument: str | None = typer.Argument(
+        None, metavar="MODEL", help="The model, as --model (kept for existing scripts)."
     ),
+    model: str | None = typer.Option(None, "--model", "-m", help=SPEC_HELP),
     adapter: list[str] = typer.Option(
-        [], "--adapter", help="NAME=DIR of a LoRA adapter; repeat for more. The first one answers."
+        [],
+        "--adapter",
+        help="NAME of one of the model's adapters to answer with, or NAME=DIR to load a "
+        "PyTorch LoRA adapter folder (repeat; the first loaded answers unless NAME picks one).",
     ),
     system: str | None = typer.Option(None, "--system", help="System message."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    timings: bool = typer.Option(
+        False, "--timings", help="After each answer, print time to first token and tokens/s."
+    ),
+    chat_template: str | None = typer.Option(
+        None,
+        "--chat-template",
+        help="Replace the model's chat template: a Jinja file, the template text, or a "
+        "format name (phi3, chatml, llama3, mistral).",
+    ),
 ) -> None:
-    """Chat with a model in the terminal; one message per line, /exit or EOF ends."""
+    """Chat with a model in the terminal: streamed answers, /reset, /adapter NAME,
+    /system TEXT, /exit; Ctrl-C stops an answer. Piped: one question per line."""
     from rich.console import Console
 
+    from slmforge.app.tui import ChatIO, open_chat, run_chat
     from slmforge.runtime.engine import GenParams
 
     values = {"max_tokens": max_tokens, "temperature": temperature}
     params = validate(GenParams, values, option_keys=set(values))
-    adapters = parse_adapter_options(adapter)
-    if adapters:
-        from slmforge.runtime.torch_engine import TorchEngine
-
-        engine = TorchEngine(model, adapters=adapters)
-    else:
-        from slmforge.runtime.specs import load_engine
-
-        engine = load_engine(model)
-    active = next(iter(adapters), None)
+    load, selected = _adapters(adapter)
+    session = open_chat(
+        _model(model_argument, model),
+        params,
+        load=load,
+        chat_template=chat_template,
+        system=system,
+    )
+    if selected is not None:
+        try:
+            session.select_adapter(selected)
+        except InputError as err:
+            raise InputError(
+                f"--adapter {selected}: {err}; expected NAME=PATH to load an adapter folder, "
+                "or the name of one of the model's adapters"
+            ) from None
     stderr = Console(stderr=True, highlight=False)
     interactive = sys.stdin.isatty()
-    history = [{"role": "system", "content": system}] if system else []
-    while True:
-        if interactive:
-            stderr.print("[bold]>[/bold] ", end="")
-        line = sys.stdin.readline()
-        if not line or line.strip() in EXIT_COMMANDS:
-            break
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line.rstrip("\n")})
-        answer, final = [], None
-        for delta in engine.chat(history, params, adapter=active):
-            if delta.text:
-                answer.append(delta.text)
-                sys.stdout.write(delta.text)
-                sys.stdout.flush()
-            if delta.timings is not None:
-                final = delta
-        sys.stdout.write("\n")
+    if interactive and sys.stdout.isatty():
+        import readline  # noqa: F401  (input() then edits lines and keeps a history)
+
+    def read() -> str | None:
+        if not interactive:
+            line = sys.stdin.readline()
+            return line.rstrip("\n") if line else None
+        try:  # the prompt on stdout only when stdout is the terminal too
+            return input("> ") if sys.stdout.isatty() else _prompt_on_stderr()
+        except EOFError:  # Ctrl-D
+            stderr.print("")
+            return None
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
         sys.stdout.flush()
-        history.append({"role": "assistant", "content": "".join(answer)})
-        stderr.print(_stats_line(final), style="dim", markup=False)
+
+    def note(text: str) -> None:
+        stderr.print(text, style="dim", markup=False, soft_wrap=True)
+
+    run_chat(session, ChatIO(read, write, note, interactive), timings=timings)
 
 
 def register(app: typer.Typer) -> None:

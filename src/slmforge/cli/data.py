@@ -1,4 +1,5 @@
-"""`slmforge data convert|validate|split|stats|sample` (and `synth`, from cli/data_synth.py).
+"""`slmforge data convert|validate|split|stats|sample` (`synth` and `augment` have their own
+modules: cli/data_synth.py, cli/data_augment.py).
 
 Each command validates its options through the config model, calls the library, and renders the
 result with rich on stdout. Heavy packages (pandas, pyarrow, transformers, datasets) are imported
@@ -175,7 +176,8 @@ def sample(config: SampleConfig) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from slmforge.cli import data_synth
+    from slmforge.cli import data_augment, data_synth
 
     data_synth.register(data_app)
+    data_augment.register(data_app)
     app.add_typer(data_app, name="data")

@@ -34,11 +34,14 @@ def _command_section(path: str, command: Any) -> list[str]:
     if arguments:
         names = " ".join(p.name.upper() for p in arguments)
         lines += [f"Arguments: `{names}`", ""]
-    if options:
-        lines += ["| option | type | description |", "|---|---|---|"]
-        lines += [_param_row(p) for p in options if p.name != "help"]
-        lines.append("")
-    return lines
+    return lines + _options_table(options)
+
+
+def _options_table(options: list[Any]) -> list[str]:
+    rows = [_param_row(p) for p in options if p.name != "help"]
+    if not rows:
+        return []
+    return ["| option | type | description |", "|---|---|---|", *rows, ""]
 
 
 def _walk(prefix: str, group: Any) -> list[str]:
@@ -48,6 +51,8 @@ def _walk(prefix: str, group: Any) -> list[str]:
         path = f"{prefix} {name}"
         if hasattr(command, "list_commands"):
             lines += [f"## `{path}`", "", (command.help or "").strip(), ""]
+            # a group that does something itself (`slmforge app`) has options of its own
+            lines += _options_table([p for p in command.params if p.param_type_name == "option"])
             lines += _walk(path, command)
         else:
             lines += _command_section(path, command)

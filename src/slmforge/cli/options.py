@@ -39,7 +39,9 @@ def cli_type(annotation: Any) -> Any | None:
         return inner
     if get_origin(inner) is list:
         (item,) = get_args(inner) or (str,)
-        if item in _SCALARS or get_origin(item) is Literal:
+        if get_origin(item) is Literal:
+            return list[str]  # typer has no lists of choices; the model checks the values
+        if item in _SCALARS:
             return list[item]  # type: ignore[valid-type]
     return None
 
@@ -90,49 +92,89 @@ def model_command(
     """Register `fn(config)` as a typer command whose options come from `model`'s fields."""
 
     def decorator(fn: Callable[[Any], None]) -> Callable[[Any], None]:
-        params = []
-        for arg in arguments:
-            field = model.model_fields[arg]
-            params.append(_parameter(arg, field, cli_type(field.annotation), argument=True))
-        # Required options first: they are what a user must type.
-        fields = sorted(model.model_fields.items(), key=lambda item: not item[1].is_required())
-        for field_name, field in fields:
-            kind = cli_type(field.annotation)
-            if field_name in arguments or kind is None:
-                continue
-            params.append(_parameter(field_name, field, kind, argument=False))
-        if config_file:
-            params.append(
-                inspect.Parameter(
-                    "config",
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=None,
-                    annotation=Annotated[
-                        Path | None,
-                        typer.Option(
-                            "--config",
-                            help="YAML file with the same options; command-line options win.",
-                            show_default=False,
-                        ),
-                    ],
-                )
-            )
-
-        def command(**kwargs: Any) -> None:
-            config_path = kwargs.pop("config", None)
-            values = load_yaml(config_path) if config_path else {}
-            given = {k: v for k, v in kwargs.items() if _given(v)}
-            values.update(given)
-            prefix = f"{config_path}: " if config_path else ""
-            # Required fields missing everywhere are named as options: that is where users add them.
-            option_keys = set(given) | (set(model.model_fields) - set(values))
-            fn(validate(model, values, prefix=prefix, option_keys=option_keys))
-
-        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        command.__doc__ = help or fn.__doc__
-        command.__name__ = fn.__name__
-        app.command(name)(command)
+        app.command(name)(model_function(model, fn, arguments, config_file, help))
         return fn
 
     return decorator
+
+
+def model_group_callback(
+    group: typer.Typer, model: type[BaseModel], *, help: str | None = None
+) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Register `fn(config)` as what `group` does when invoked without a subcommand (e.g.
+    `slmforge app` runs the app, `slmforge app compare` a subcommand). Options are validated
+    only then, so a subcommand does not need the group's required options."""
+
+    def decorator(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        command = model_function(model, fn, (), False, help)
+
+        def callback(ctx: typer.Context, **kwargs: Any) -> None:
+            if ctx.invoked_subcommand is None:
+                command(**kwargs)
+
+        context = inspect.Parameter(
+            "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+        )
+        signature = inspect.signature(command)
+        params = [context, *signature.parameters.values()]
+        callback.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        callback.__annotations__ = {"ctx": typer.Context, **command.__annotations__}
+        callback.__doc__ = command.__doc__
+        group.callback(invoke_without_command=True)(callback)
+        return fn
+
+    return decorator
+
+
+def model_function(
+    model: type[BaseModel],
+    fn: Callable[[Any], None],
+    arguments: tuple[str, ...] = (),
+    config_file: bool = False,
+    help: str | None = None,
+) -> Callable[..., None]:
+    """A function typer can register whose parameters are `model`'s fields (and `--config`);
+    it validates them into `model` and calls `fn(config)`."""
+    params = []
+    for arg in arguments:
+        field = model.model_fields[arg]
+        params.append(_parameter(arg, field, cli_type(field.annotation), argument=True))
+    # Required options first: they are what a user must type.
+    fields = sorted(model.model_fields.items(), key=lambda item: not item[1].is_required())
+    for field_name, field in fields:
+        kind = cli_type(field.annotation)
+        if field_name in arguments or kind is None:
+            continue
+        params.append(_parameter(field_name, field, kind, argument=False))
+    if config_file:
+        params.append(
+            inspect.Parameter(
+                "config",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    Path | None,
+                    typer.Option(
+                        "--config",
+                        help="YAML file with the same options; command-line options win.",
+                        show_default=False,
+                    ),
+                ],
+            )
+        )
+
+    def command(**kwargs: Any) -> None:
+        config_path = kwargs.pop("config", None)
+        values = load_yaml(config_path) if config_path else {}
+        given = {k: v for k, v in kwargs.items() if _given(v)}
+        values.update(given)
+        prefix = f"{config_path}: " if config_path else ""
+        # Required fields missing everywhere are named as options: that is where users add them.
+        option_keys = set(given) | (set(model.model_fields) - set(values))
+        fn(validate(model, values, prefix=prefix, option_keys=option_keys))
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = help or fn.__doc__
+    command.__name__ = fn.__name__
+    return command

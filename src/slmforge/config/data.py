@@ -91,3 +91,47 @@ class SynthConfig(StrictModel):
     seed: int = Field(0, description="Seed for picking seed examples.")
     resume: bool = Field(False, description="Continue an interrupted run in --out.")
     force: bool = Field(False, description="Replace the output if it exists.")
+
+
+AugmentStrategy = Literal["noise", "paraphrase", "multi_turn", "back_translation"]
+
+
+class AugmentConfig(ReadOptions):
+    input: Path = Field(description="Data to augment (any readable format).")
+    out: Path = Field(description="Output jsonl: the originals, then the new rows with meta.")
+    strategy: list[AugmentStrategy] = Field(
+        default_factory=lambda: ["noise"],
+        description="noise, paraphrase, multi_turn, back_translation (repeat the option).",
+    )
+    copies: int = Field(1, gt=0, le=20, description="New rows per original and strategy.")
+    teacher: str | None = Field(
+        None,
+        description="Teacher engine for paraphrase, multi_turn and back_translation: "
+        "openai:MODEL@BASE_URL, profile:NAME or a model folder.",
+    )
+    regenerate_response: bool = Field(
+        False, description="Have the teacher answer each new prompt instead of keeping the reply."
+    )
+    pivot_language: str = Field("French", description="Language back-translation goes through.")
+    noise_level: float = Field(
+        0.3, gt=0, le=1, description="How much noise: the share of words a noise edit touches."
+    )
+    near_duplicate: float | None = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Drop teacher rows whose new text has embedding similarity at or above "
+        "this to an existing prompt (exact duplicates are always dropped).",
+    )
+    include_original: bool = Field(True, description="Write the original rows first.")
+    output_format: Literal["messages", "prompt_response"] = Field("messages")
+    temperature: float = Field(0.8, ge=0, le=2, description="Teacher sampling temperature.")
+    max_tokens: int = Field(512, gt=0, description="Max tokens of each teacher reply.")
+    max_requests: int | None = Field(None, gt=0, description="Stop after this many requests.")
+    time_limit_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx per request.")
+    timeout_s: float = Field(60.0, gt=0, description="Timeout of each request in seconds.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Env var holding the teacher's key.")
+    seed: int = Field(0, description="Seed of the noise edits (same seed, same output).")
+    resume: bool = Field(False, description="Continue an interrupted run in --out.")
+    force: bool = Field(False, description="Replace the output if it exists.")

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from slmforge.config import StrictModel
+from slmforge.config.app import Policy, route_field
 
 
 class ServeConfig(StrictModel):
@@ -57,6 +58,23 @@ class ServeConfig(StrictModel):
     ray_address: str | None = Field(
         None, description="Existing Ray cluster (ray://HOST:10001 or auto); default: start one."
     )
+    route: Policy | None = Field(
+        None,
+        description="Answer chat requests through the router (docs/app.md): local, cloud, "
+        "compare (local as choice 0, cloud as choice 1), local-first or cost; needs --cloud.",
+    )
+    cloud: str | None = Field(
+        None,
+        description="With --route: the cloud model, as in slmforge eval (openai:MODEL@BASE_URL, "
+        "profile:NAME, deploy:NAME[:ADAPTER]).",
+    )
+    ttft_timeout_s: float | None = route_field("ttft_timeout_s")
+    timeout_s: float | None = route_field("timeout_s")
+    long_prompt_tokens: int = route_field("long_prompt_tokens")
+    min_mean_logprob: float = route_field("min_mean_logprob")
+    confidence_tokens: int = route_field("confidence_tokens")
+    cloud_api_version: str | None = route_field("cloud_api_version")
+    cloud_key_env: str | None = route_field("cloud_key_env")
 
     @model_validator(mode="after")
     def _scaling(self) -> ServeConfig:
@@ -67,4 +85,8 @@ class ServeConfig(StrictModel):
         ray_only = self.replicas > 1 or self.min_replicas is not None or self.ray_address
         if ray_only and self.backend != "ray":
             raise ValueError("backend: replicas and Ray options need --backend ray")
+        if (self.route is None) != (self.cloud is None):
+            raise ValueError("route: give both --route POLICY and --cloud SPEC")
+        if self.route is not None and self.backend == "ray":
+            raise ValueError("route: routing runs with --backend uvicorn only")
         return self

@@ -31,6 +31,7 @@ class Example:
     messages: list[dict[str, str]]
     line: int | None = None
     source: str = ""
+    meta: dict[str, Any] | None = None  # the record's "meta" object (e.g. augmentation origin)
 
     @property
     def system(self) -> str | None:
@@ -57,6 +58,12 @@ class Example:
     def prompt_key(self) -> str:
         """Normalized user turns: what 'the same prompt' means for duplicates and leakage."""
         return "\n".join(normalize_text(m["content"]) for m in self.messages if m["role"] == "user")
+
+    def group_key(self) -> str:
+        """The group a split keeps together: an augmented row belongs to its original's group
+        (`meta.group`, written by `data augment`), any other row to its own prompt."""
+        group = (self.meta or {}).get("group")
+        return group if isinstance(group, str) and group else self.prompt_key()
 
 
 def normalize_text(text: str) -> str:
@@ -327,9 +334,13 @@ def _convert(
             at.add(fmt.file_field(field_name), message, rule_name)
     if len(findings) > before:
         return None
+    meta = record.value.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        at.add("meta", f"expected an object, got {_type_name(meta)}", "wrong_type")
+        return None
     if options.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": options.system_prompt})
-    return Example(messages, record.line, str(path))
+    return Example(messages, record.line, str(path), meta or None)
 
 
 def read_with_findings(
@@ -373,7 +384,7 @@ def read_examples(path: str | Path, options: ReadOptions | None = None) -> list[
 
 
 # -- writing -------------------------------------------------------------------------------
-RecordWriter = Callable[[Example, "str | None"], dict[str, str] | dict[str, Any]]
+RecordWriter = Callable[[Example, "str | None"], dict[str, Any]]
 WRITERS: dict[str, RecordWriter] = {}
 
 
@@ -389,9 +400,15 @@ class _CannotWrite(Exception):
     """One example that the chosen output format cannot hold; becomes a Finding."""
 
 
+def _with_meta(example: Example, row: dict[str, Any]) -> dict[str, Any]:
+    """A record with the example's meta object, so origins survive a convert or split."""
+    return {**row, "meta": example.meta} if example.meta else row
+
+
 @register_writer("messages")
 def _to_messages(example: Example, template: str | None) -> dict[str, Any]:
-    return {"messages": [{"role": m["role"], "content": m["content"]} for m in example.messages]}
+    messages = [{"role": m["role"], "content": m["content"]} for m in example.messages]
+    return _with_meta(example, {"messages": messages})
 
 
 @register_writer("prompt_response")
@@ -401,7 +418,7 @@ def _to_prompt_response(example: Example, template: str | None) -> dict[str, str
             f"has {len(example.turns())} turns; prompt_response holds one user "
             "and one assistant message (write messages instead)"
         )
-    return {"prompt": example.prompt, "response": example.response}
+    return _with_meta(example, {"prompt": example.prompt, "response": example.response})
 
 
 @register_writer("text")

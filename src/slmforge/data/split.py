@@ -2,7 +2,8 @@
 
 Examples are grouped by normalized prompt before shuffling, and whole groups are assigned to a
 part, so a prompt asked twice can never be in training and in validation at once (that would
-make validation loss look better than the model is).
+make validation loss look better than the model is). Rows written by `data augment` join their
+original's group (`meta.group`), so a paraphrase never validates the row it came from.
 """
 
 from __future__ import annotations
@@ -38,9 +39,22 @@ def part_size(name: str, value: float, total: int) -> int:
 
 
 def _groups(examples: list[Example]) -> list[list[Example]]:
+    """Examples that share a prompt or an augmentation origin, joined transitively (a
+    paraphrase of A that repeats B's prompt puts A, B and their variants in one group)."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for example in examples:
+        parent[root(example.prompt_key())] = root(example.group_key())
     grouped: dict[str, list[Example]] = defaultdict(list)
     for example in examples:
-        grouped[example.prompt_key()].append(example)
+        grouped[root(example.prompt_key())].append(example)
     return list(grouped.values())
 
 

@@ -17,6 +17,8 @@ EXTRA_PURPOSES = {
     "onnx": "slmforge optimize (ONNX export, int4) and ONNX inference",
     "serve": "slmforge serve and deploy",
     "eval": "slmforge eval",
+    "tune": "slmforge tune (hyperparameter search with Optuna)",
+    "scale": "Ray: serve --backend ray, tune --backend ray",
     "cloud": "keeping profile keys in the system keyring",
 }
 _NOT_STAGES = {"all", "dev", "bench"}  # an umbrella, developer tools, benchmark baselines

@@ -73,7 +73,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     _check_references(cfg.data, rows, metrics)
     check_output(cfg.out, cfg.force)
     targets = [_check_target(t, cfg) for t in cfg.targets()]
-    judge_engine = _open_remote_or_local(cfg.judge, "--judge", cfg) if cfg.judge else None
+    judge_engine = open_engine(cfg.judge, "--judge", cfg) if cfg.judge else None
     partial = PartialRun(cfg.out, cfg.resume, cfg.force)
 
     params = GenParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
@@ -117,7 +117,7 @@ def _check_references(path: Path, rows: list[EvalRow], metrics: list[registry.Me
         )
 
 
-def _is_remote(spec: str) -> bool:
+def is_remote(spec: str) -> bool:
     from slmforge.runtime.specs import parse_engine_spec
 
     return parse_engine_spec(spec).kind != "local"
@@ -138,18 +138,18 @@ def _check_local(name: str, spec: str) -> None:
 
 
 def _check_target(target: TargetSpec, cfg: EvalConfig) -> Target:
-    if not _is_remote(target.spec):
+    if not is_remote(target.spec):
         _check_local(target.name, target.spec)
         return Target(target.name, target.spec, remote=False)
-    engine = _open_remote_or_local(target.spec, f"target {target.name}", cfg)
+    engine = open_engine(target.spec, f"target {target.name}", cfg)
     return Target(target.name, target.spec, remote=True, engine=engine)
 
 
-def _open_remote_or_local(spec: str, label: str, cfg: EvalConfig) -> Engine:
+def open_engine(spec: str, label: str, cfg: EvalConfig) -> Engine:
     """The engine for `spec`; a remote one must answer a one-token request first."""
     from slmforge.runtime.specs import load_engine
 
-    if not _is_remote(spec):
+    if not is_remote(spec):
         return load_engine(spec, device=cfg.device)
     remote = {"api_key_env": cfg.api_key_env}
     probe = load_engine(spec, max_retries=PROBE_RETRIES, timeout_s=PROBE_TIMEOUT_S, **remote)
@@ -184,7 +184,7 @@ def _answer_rows(
             return answer
 
         workers = cfg.concurrency if target.remote else 1
-        _bounded(f"answers {target.name}", todo, ask, workers, len(rows))
+        bounded(f"answers {target.name}", todo, ask, workers, len(rows))
     done = [a for a in answers if a is not None]
     failed = [a for a in done if a.error]
     if failed and len(failed) == len(done):
@@ -207,7 +207,7 @@ def _ask(engine: Engine, row: EvalRow, params: GenParams) -> Answer:
         return Answer(error=str(err))
 
 
-def _bounded(
+def bounded(
     label: str, items: list[int], work: Callable[[int], Any], workers: int, total: int
 ) -> None:
     """Run `work` on every item with at most `workers` in flight, with a progress bar."""
@@ -276,8 +276,8 @@ def _judge_rows(
             verdict = judge.evaluate(prompt, inputs)
         results[target][i][prompt.name] = verdict.to_dict()
 
-    workers = cfg.concurrency if _is_remote(judge.spec) else 1
-    _bounded("judge", list(range(len(jobs))), work, workers, len(jobs))
+    workers = cfg.concurrency if is_remote(judge.spec) else 1
+    bounded("judge", list(range(len(jobs))), work, workers, len(jobs))
     # in evaluator order, whatever order the replies came in
     return {
         t: [{p.name: verdicts[p.name] for p in prompts} for verdicts in per_row]

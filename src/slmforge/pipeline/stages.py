@@ -15,11 +15,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from slmforge.config import StrictModel
-from slmforge.config.data import ConvertConfig, SampleConfig, SplitConfig, ValidateConfig
+from slmforge.config.data import (
+    AugmentConfig,
+    ConvertConfig,
+    SampleConfig,
+    SplitConfig,
+    ValidateConfig,
+)
 from slmforge.config.evaluate import EvalConfig
 from slmforge.config.finetune import FinetuneConfig, MergeConfig
 from slmforge.config.models import TinyModelConfig
 from slmforge.config.optimize import OptimizeConfig
+from slmforge.config.tune import TuneConfig
 from slmforge.errors import DataError, RunError
 
 
@@ -81,6 +88,23 @@ def _split(cfg: SplitConfig) -> None:
     from slmforge.data.split import run_split
 
     run_split(cfg)
+
+
+def _augment(cfg: AugmentConfig) -> None:
+    from slmforge.data.augment import augment
+
+    result = augment(cfg)
+    if not result.complete:
+        raise RunError(
+            f"augment stopped at its request or time bound ({result.units_done}/"
+            f"{result.units} units); raise the bound or rerun with resume: true"
+        )
+
+
+def _tune(cfg: TuneConfig) -> None:
+    from slmforge.tune.run import tune
+
+    tune(cfg)
 
 
 def _finetune(cfg: FinetuneConfig) -> None:
@@ -158,7 +182,9 @@ STAGE_KINDS: dict[str, StageKind] = {
         StageKind("convert", ConvertConfig, "out", _convert, "convert a data file"),
         StageKind("validate", ValidateConfig, None, _validate, "check data files"),
         StageKind("split", SplitConfig, "out_dir", _split, "split a data file"),
+        StageKind("augment", AugmentConfig, "out", _augment, "augment a data file"),
         StageKind("finetune", FinetuneConfig, "out", _finetune, "fine-tune"),
+        StageKind("tune", TuneConfig, "out", _tune, "search fine-tuning options"),
         StageKind("merge", MergeConfig, "out", _merge, "merge an adapter"),
         StageKind("optimize", OptimizeConfig, "out", _optimize, "build an ONNX model"),
         StageKind("eval", EvalConfig, "out", _eval, "evaluate targets"),

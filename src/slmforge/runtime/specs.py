@@ -3,6 +3,9 @@
 ```
 openai:MODEL@BASE_URL     any OpenAI-compatible endpoint (openai:travel@http://127.0.0.1:8000/v1)
 openai:MODEL              base URL from OPENAI_BASE_URL, else the OpenAI API
+openai:DEPLOYMENT@https://RESOURCE.openai.azure.com
+                          Azure OpenAI: the api-version from the caller's option, else
+                          $OPENAI_API_VERSION; the key from $AZURE_OPENAI_API_KEY by default
 profile:NAME[:MODEL]      a cloud profile (`slmforge profile add`): its URL, model and key
 deploy:NAME[:ADAPTER]     a local deployment (`slmforge deploy create`); key from
                           $SLMFORGE_API_KEY
@@ -143,6 +146,39 @@ class AdapterSelected:
         return self.engine.adapters()
 
 
+AZURE_HOST_SUFFIXES = (
+    ".openai.azure.com",
+    ".cognitiveservices.azure.com",
+    ".services.ai.azure.com",
+)
+AZURE_KEY_ENV = "AZURE_OPENAI_API_KEY"
+API_VERSION_ENV = "OPENAI_API_VERSION"  # the variable the openai package's Azure client reads
+
+
+def is_azure_url(base_url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(base_url).hostname or "").endswith(AZURE_HOST_SUFFIXES)
+
+
+def azure_api_version(base_url: str, api_version: str | None) -> str | None:
+    """The api-version to talk Azure OpenAI with: the option, else $OPENAI_API_VERSION for an
+    Azure resource endpoint. None means the plain OpenAI API (other endpoints, and Azure's
+    `/openai/v1` API, which needs no api-version)."""
+    if api_version or not is_azure_url(base_url) or "/openai/v1" in base_url:
+        return api_version or None
+    return os.environ.get(API_VERSION_ENV, "").strip() or None
+
+
+def default_key_env(spec: EngineSpec) -> str:
+    """Where the key of an openai: spec comes from when the caller names no variable."""
+    if spec.key_env:
+        return spec.key_env
+    if spec.base_url and is_azure_url(spec.base_url) and not os.environ.get("OPENAI_API_KEY"):
+        return AZURE_KEY_ENV
+    return "OPENAI_API_KEY"
+
+
 def load_engine(
     spec: str | EngineSpec,
     *,
@@ -150,11 +186,13 @@ def load_engine(
     api_key_env: str = "OPENAI_API_KEY",
     timeout_s: float = 60.0,
     max_retries: int = 5,
+    api_version: str | None = None,
     **local_options: Any,
 ) -> Engine:
     """Build the engine a spec names. Remote options apply to openai: and profile: specs (a
-    profile brings its own key, so `api_key`/`api_key_env` do not apply to it);
-    `local_options` go to `TorchEngine` for local models."""
+    profile brings its own key and api-version, so `api_key`/`api_key_env`/`api_version` do
+    not apply to it); `api_version` (or $OPENAI_API_VERSION for an Azure endpoint) makes an
+    openai: spec talk Azure OpenAI; `local_options` go to `TorchEngine` for local models."""
     parsed = parse_engine_spec(spec) if isinstance(spec, str) else spec
     if parsed.profile is not None:
         from slmforge.profiles import profile_engine
@@ -173,6 +211,7 @@ def load_engine(
             api_key_env=parsed.key_env or api_key_env,
             timeout_s=timeout_s,
             max_retries=max_retries,
+            api_version=azure_api_version(base_url, api_version),
         )
     return _local_engine(parsed, local_options)
 

@@ -62,6 +62,10 @@ class SafetyFilter:
     def __init__(self, policy: SafetyPolicy, where: str = "") -> None:
         self.policy = policy
         self.classifiers = build_classifiers(policy, where)
+        # whether an answer can be blocked at all (the router streams unscreened if not)
+        self.screens_output = any(
+            rule.threshold != "off" and rule.action == "block" for rule in policy.output.values()
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> SafetyFilter:

@@ -44,6 +44,7 @@ class ServerState:
     load_error: str | None = None
     scheduler: Scheduler | None = None
     replica: str | None = None  # set by Ray Serve replicas; sent as x-slmforge-replica
+    router: Any = None  # app.router.Router with --route: it answers chat requests
 
     def ready(self) -> ServedModel:
         if self.served is None:

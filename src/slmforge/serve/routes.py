@@ -69,6 +69,10 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        if state.router is not None:  # serve --route: the router picks who answers
+            from slmforge.serve.routed import routed_chat
+
+            return await routed_chat(state, body, request)
         return await _chat(state, body, request)
 
     @app.post("/v1/completions")

@@ -129,12 +129,25 @@ class Server:
         self.adapters = parse_adapter_options(config.adapter)
         if served is None:
             resolve_engine(config.model, config.engine, self.adapters)  # fail before binding
+        self.cloud = None  # serve --route: made before binding (a bad spec, a missing key)
+        if config.cloud is not None:
+            from slmforge.app.server import check_spec, cloud_engine
+
+            self.cloud = cloud_engine(check_spec("cloud", config.cloud), config)
         keys = ApiKeys.from_options(config.api_key, config.api_keys_file)
         self.app = create_app(config, keys, served, content_filter)
         self.state = self.app.state.slmforge
         self.socket = bind(config.host, config.port)
         self.url = base_url(self.socket)
         self._uvicorn = uvicorn_server(self.app)
+        if served is not None:
+            self._route(served)
+
+    def _route(self, served: ServedModel) -> None:
+        if self.cloud is not None:
+            from slmforge.serve.routed import build_router
+
+            self.state.router = build_router(self.state, served.engine, self.cloud)
 
     def load(self) -> None:
         """Load the model (unless given); a failure stops the server and is raised by run()."""
@@ -142,7 +155,7 @@ class Server:
             return
         started = time.perf_counter()
         try:
-            self.state.served = load_served(
+            served = load_served(
                 self.config.model,
                 self.adapters,
                 self.config.engine,
@@ -156,9 +169,12 @@ class Server:
             self._load_exception = exc
             self._uvicorn.should_exit = True
             return
-        served = self.state.served
+        self._route(served)  # routing is ready before the model is announced
+        self.state.served = served
         names = ", ".join(served.model_ids())
         info(f"loaded {names} in {time.perf_counter() - started:.1f}s")
+        if self.cloud is not None:
+            info(f"routing chat requests ({self.config.route}) with cloud {self.cloud.name}")
 
     def run(self) -> None:
         self._load_exception: BaseException | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class Plan:
     scheduler: Any = None
     start_step: int = 0
     interrupted: bool = field(default=False)
+    # Called on the main process after each periodic evaluation with (step, eval metrics); a
+    # returned reason stops training there and the run is saved as usual (tune's pruning).
+    on_eval: Callable[[int, dict[str, float]], str | None] | None = None
+    stopped: dict[str, Any] | None = None  # {"step", "reason"} when on_eval stopped the run
 
 
 def _schedule(cfg: FinetuneConfig, optimizer: Any, total_steps: int) -> Any:
@@ -221,7 +226,10 @@ def _loop(plan: Plan, log: MetricsLog) -> None:
             else:
                 bar.update(completed=done)
             if plan.eval_rows and cfg.eval_every and done % cfg.eval_every == 0:
-                _log(plan, log, {"step": done, **evaluate(plan)})
+                metrics = evaluate(plan)
+                _log(plan, log, {"step": done, **metrics})
+                if _stop_requested(plan, done, metrics):
+                    break
             if ctx.any_true(plan.interrupted):
                 _save_checkpoint(plan, done, epoch)
                 raise Interrupted(
@@ -230,8 +238,19 @@ def _loop(plan: Plan, log: MetricsLog) -> None:
                 )
             if cfg.save_every and done % cfg.save_every == 0 and done < plan.total_steps:
                 _save_checkpoint(plan, done, epoch)
-    if plan.eval_rows and not (cfg.eval_every and plan.total_steps % cfg.eval_every == 0):
+    evaluated_last = cfg.eval_every and plan.total_steps % cfg.eval_every == 0
+    if plan.eval_rows and not evaluated_last and plan.stopped is None:
         _log(plan, log, {"step": plan.total_steps, **evaluate(plan)})
+
+
+def _stop_requested(plan: Plan, step: int, metrics: dict[str, float]) -> bool:
+    """Ask `plan.on_eval` (main process) whether to stop; every process gets the answer."""
+    reason = plan.on_eval(step, metrics) if plan.on_eval and plan.ctx.is_main else None
+    if not plan.ctx.any_true(reason is not None):
+        return False
+    plan.stopped = {"step": step, "reason": reason or "stopped by the main process"}
+    progress.info(f"stopped at step {step}: {plan.stopped['reason']}")
+    return True
 
 
 def _log(plan: Plan, log: MetricsLog, record: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from slmforge.train.loop import Plan, fit
 from slmforge.train.memory import estimate
 from slmforge.train.methods import get_method
 from slmforge.train.metrics import MetricsLog
+
+EvalHook = Callable[[int, dict[str, float]], "str | None"]
 
 
 def work_dir(out: Path) -> Path:
@@ -250,6 +253,8 @@ def save(plan: Plan, log: MetricsLog) -> Path:
             "text_template": cfg.text_template,
             "samples": samples,
         }
+        if plan.stopped is not None:
+            manifest.details["stopped_early"] = plan.stopped
         if cfg.merge:
             from slmforge.train.merge import merge_adapter
 
@@ -263,12 +268,17 @@ def save(plan: Plan, log: MetricsLog) -> Path:
     return Path(cfg.out)
 
 
-def finetune(cfg: FinetuneConfig) -> Path:
-    """Fine-tune `cfg.model` on `cfg.data` and write the artifact to `cfg.out`."""
+def finetune(cfg: FinetuneConfig, on_eval: EvalHook | None = None) -> Path:
+    """Fine-tune `cfg.model` on `cfg.data` and write the artifact to `cfg.out`.
+
+    `on_eval(step, metrics)` is called after each `--eval-every` evaluation; returning a reason
+    stops the run there (it is saved with `details.stopped_early`), as `slmforge tune` does to
+    prune a bad trial."""
     ctx = DistContext.from_env()
     ctx.init(pick_device(cfg.device))
     try:
         plan = setup(cfg, ctx)
+        plan.on_eval = on_eval
         check_memory(plan)
         if ctx.is_main:
             if cfg.force and plan.work.exists():

@@ -1,0 +1,156 @@
+"""`slmforge chat` as a person uses it, in a pseudo-terminal (pexpect): streamed answers with
+timings, commands, empty input, Ctrl-C stopping one answer while the chat goes on, Ctrl-C at
+the prompt leaving; and piped input, one question a line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")  # a dev dependency; CI=true turns a skip into a failure
+
+pytestmark = pytest.mark.integration
+
+SLMFORGE = str(Path(sys.executable).with_name("slmforge"))
+PROMPT = "> "
+TIMINGS = re.compile(r"ttft \d+ ms, [\d.]+ tokens/s, \d+ tokens")
+QUESTION = "What should I pack for a week in Lisbon?"
+LONG = "Return a new list containing all items from the iterable in ascending order."
+
+
+def spawn(*args: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        SLMFORGE,
+        ["chat", *args],
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 400),  # wide: no wrapped lines
+        env={**os.environ, "NO_COLOR": "1", "TERM": "dumb"},
+    )
+    child.expect("/help lists commands")
+    child.expect_exact(PROMPT)
+    return child
+
+
+def ask(child: pexpect.spawn, text: str) -> str:
+    """Send a question; return what streamed before the timings line."""
+    child.sendline(text)
+    child.expect(TIMINGS)
+    answer = child.before.split(text, 1)[-1]
+    child.expect_exact(PROMPT)
+    return answer.strip()
+
+
+def test_questions_commands_and_adapters(llama_onnx: Path) -> None:
+    child = spawn("--model", str(llama_onnx), "--timings", "--max-tokens", "12")
+    try:
+        base = ask(child, QUESTION)
+        assert base
+
+        child.sendline("")
+        child.expect_exact("empty input: type a question, or /help for commands")
+        child.expect_exact(PROMPT)
+
+        child.sendline("/adapter")
+        child.expect_exact("adapter: none (available: terse, travel)")
+        child.sendline("/adapter nope")
+        child.expect_exact("error: no adapter 'nope' (this model's adapters: terse, travel)")
+        child.sendline("/adapter terse")
+        child.expect_exact("adapter: terse")
+        child.sendline("/reset")
+        child.expect_exact("conversation cleared")
+        terse = ask(child, QUESTION)
+        assert terse and terse != base  # the same first question, answered by the adapter
+
+        child.sendline("/system Answer in one word.")
+        child.expect_exact("system message set")
+        assert ask(child, "And for Porto?")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(llama_onnx: Path) -> None:
+    # Plain text instead of a chat turn: greedy, the tiny model continues it to --max-tokens
+    # (2000 tokens, seconds) instead of ending its turn after a few words.
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    child = spawn(str(llama_onnx), "--max-tokens", "2000", "--chat-template", template)
+    try:
+        child.sendline(LONG)
+        child.expect_exact(LONG)  # the terminal's echo of the question
+        child.expect(r"\w\w")  # the answer has started streaming
+        child.sendintr()
+        child.expect_exact("(stopped; Ctrl-C again at the prompt exits)")
+        child.expect_exact(PROMPT)
+        child.sendline("/adapter")  # still chatting
+        child.expect_exact("adapter: none")
+        child.expect_exact(PROMPT)
+        child.sendline("/reset")
+        child.expect_exact("conversation cleared")
+        child.sendline(LONG)  # the model answers again after a stopped generation
+        child.expect_exact(LONG)
+        child.expect(r"\w\w")
+        child.sendintr()
+        child.expect_exact("(stopped; Ctrl-C again at the prompt exits)")
+        child.expect_exact(PROMPT)
+        child.sendintr()  # Ctrl-C at the prompt leaves
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_piped_questions_one_a_line(llama_onnx: Path, tmp_path: Path) -> None:
+    template = tmp_path / "template.jinja"
+    template.write_text(
+        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+        "{% endif %}"
+    )
+    command = [SLMFORGE, "chat", "--model", str(llama_onnx), "--adapter", "travel"]
+    command += ["--max-tokens", "8"]
+    command += ["--timings", "--chat-template", str(template)]
+    result = subprocess.run(
+        command,
+        input=f"{QUESTION}\n\n/adapter terse\nAnd in Porto?\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    # stdout holds the two answers only (each ends with a newline; timings go to stderr)
+    assert result.stdout.strip() and result.stdout.count("\n") >= 2
+    assert not TIMINGS.search(result.stdout) and len(TIMINGS.findall(result.stderr)) == 2
+    assert "adapter: terse" in result.stderr and "empty input" not in result.stderr
+
+    bad = subprocess.run(
+        [SLMFORGE, "chat", "--model", str(llama_onnx), "--chat-template", "{% for %}"],
+        input="hi\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: --chat-template: the template does not render a chat")
+
+
+def test_adapter_folders_loaded_by_name(tiny_llama: Path, llama_adapters: dict[str, Path]) -> None:
+    loads = [f"--adapter={name}={folder}" for name, folder in llama_adapters.items()]
+    result = subprocess.run(
+        [SLMFORGE, "chat", str(tiny_llama), *loads, "--adapter", "terse", "--max-tokens", "6"],
+        input=f"{QUESTION}\n/adapter travel\n{QUESTION}\n/adapter none\n{QUESTION}\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") >= 3
+    assert "adapter: travel" in result.stderr and "adapter: none (the base model)" in result.stderr
