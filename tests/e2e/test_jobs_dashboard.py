@@ -43,10 +43,9 @@ def test_dashboard_starts_a_job_and_plots_its_loss(tmp_path, tiny_llama) -> None
             page.click("#start")
             page.wait_for_selector("#jobs tr.job", timeout=30_000)
             assert page.locator("#message").inner_text() == ""
-            # the loss curve appears once training logs a step, then grows as it goes on
+            # the loss curve appears once training logs a step and ends with one point a step
+            # (whether the page sees it grow in between depends on how fast the machine trains)
             page.wait_for_function(f"Number({POINTS}) >= 1", timeout=120_000)
-            first = int(page.evaluate(POINTS))
-            page.wait_for_function(f"Number({POINTS}) > {first}", timeout=120_000)
             page.wait_for_function(
                 "document.querySelector('#jobs .status').textContent === 'succeeded'",
                 timeout=120_000,

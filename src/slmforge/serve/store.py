@@ -342,6 +342,12 @@ class JobStore:
         kind: str = "message",
     ) -> None:
         with self.transaction() as db:
+            if kind == "metrics":
+                # A cancelled job's worker may log a step before it is killed; reporting it
+                # would put a training step after "Fine-tuning job cancelled".
+                row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is not None and row[0] == "cancelled":
+                    return
             _event(db, job_id, level, message, data, kind)
 
     def events(self, job_id: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
