@@ -36,7 +36,8 @@ from slmforge.data.dedupe import Embedder, NearDuplicates
 from slmforge.data.formats import WRITERS, Example, read_examples, write_examples
 from slmforge.data.noise import noisy
 from slmforge.data.replies import MAX_TEXT_CHARS, parse_strings, parse_turn
-from slmforge.errors import ConfigError, InputError, Interrupted, OutputExistsError, RemoteError
+from slmforge.data.synth import check_resumable_output
+from slmforge.errors import ConfigError, InputError, Interrupted, RemoteError
 from slmforge.runtime.engine import Engine, GenParams, Message, complete
 
 STATE_SUFFIX = ".augment.json"
@@ -143,8 +144,6 @@ def augment(
 
 def _check(config: AugmentConfig, out: Path, state_path: Path) -> None:
     """Fail before reading or asking anything when the options cannot work."""
-    if config.resume and config.force:
-        raise ConfigError("--resume continues a run and --force starts over; pass only one")
     needs_teacher = [s for s in config.strategy if s in TEACHER_STRATEGIES]
     if needs_teacher and not config.teacher:
         raise ConfigError(
@@ -159,14 +158,7 @@ def _check(config: AugmentConfig, out: Path, state_path: Path) -> None:
         )
     if Path(config.input).resolve() == out.resolve():
         raise ConfigError("--out must differ from the input file")
-    if config.resume or config.force:
-        return
-    for path in (out, state_path):
-        if path.exists():
-            raise OutputExistsError(
-                f"{path} already exists; pass --resume to continue that run or --force to "
-                "start over"
-            )
+    check_resumable_output(config.resume, config.force, out, state_path)
 
 
 # -- the unit loop -----------------------------------------------------------------------------

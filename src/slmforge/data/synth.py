@@ -84,7 +84,7 @@ def state_path_for(out: str | Path) -> Path:
 def synthesize(config: SynthConfig, engine: Engine | None = None) -> SynthResult:
     """Write `config.count` new unique prompt/response rows to `config.out`."""
     out, state_path = Path(config.out), state_path_for(config.out)
-    _check_output(config, out, state_path)
+    check_resumable_output(config.resume, config.force, out, state_path)
     seeds = load_seed_pairs(config.seed_data)
     options = _identity(config)
     state = _load_state(state_path, options) if config.resume else None
@@ -399,11 +399,12 @@ def _identity(config: SynthConfig) -> dict[str, Any]:
     return options
 
 
-def _check_output(config: SynthConfig, out: Path, state_path: Path) -> None:
-    """Fail before any request when the output may not be written as asked."""
-    if config.resume and config.force:
+def check_resumable_output(resume: bool, force: bool, out: Path, state_path: Path) -> None:
+    """Fail before any request when a resumable output (file + state file) may not be written
+    as asked (synth and augment)."""
+    if resume and force:
         raise ConfigError("--resume continues a run and --force starts over; pass only one")
-    if config.resume or config.force:
+    if resume or force:
         return
     for path in (out, state_path):
         if path.exists():
