@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from slmforge.config.serve import ServeConfig
+from slmforge.runtime import onnx_batch
 from slmforge.runtime.engine import GenParams
 from slmforge.runtime.onnx_engine import OnnxEngine
 from slmforge.serve.server import RunningServer, start_in_thread
@@ -91,6 +92,26 @@ def test_more_requests_than_the_batch_queue_and_finish(engines) -> None:
     expected = [run(alone, i % 4, max_tokens=8 + i) for i in range(6)]
     got = together(batched, lambda i: run(batched, i % 4, max_tokens=8 + i), 6)
     assert got == expected
+
+
+def test_caches_that_grow_keep_what_they_hold(engines, llama_onnx, monkeypatch) -> None:
+    """Tiny starting buffers make every cache grow while sequences decode, alone and in a
+    batch (their tokens must move to the new buffers, and each step's kept bindings follow
+    them); a batch wider than the first rows grows its rows while the first ones hold tokens."""
+    alone, batched = engines
+    expected = [run(alone, i) for i in range(4)]
+    monkeypatch.setattr(onnx_batch, "CAPACITY_START", 4)
+    assert [run(alone, i) for i in range(4)] == expected
+    assert together(batched, lambda i: run(batched, i), 4) == expected
+    wide = OnnxEngine(llama_onnx, max_batch=onnx_batch.ROWS_START + 2)
+    try:
+        count = onnx_batch.ROWS_START + 2
+        assert together(wide, lambda i: run(wide, i % 4), count) == [
+            expected[i % 4] for i in range(count)
+        ]
+        assert wide.batcher.peak_batch == count
+    finally:
+        wide.batcher.close()
 
 
 def test_json_mode_and_cancelled_streams_in_a_batch(engines) -> None:

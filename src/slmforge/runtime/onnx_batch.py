@@ -75,6 +75,7 @@ class _Group:
     rows: int = 0
     capacity: int = 0
     rows_start: int = ROWS_START
+    stepper: _Stepper | None = None  # its one-token passes, bindings kept between steps
 
 
 def _grown(current: int, needed: int, start: int, limit: int) -> int:
@@ -116,6 +117,10 @@ class OnnxBatchModel:
         self.ids_dtype = _INT_DTYPES[types[self.input_ids]]
         self.mask_dtype = _INT_DTYPES[types[self.attention_mask]]
         self.cache_dtype = _DTYPES[types[self.cache_names[0][0]]]
+        logits = {output.name: output for output in self.session.get_outputs()}[self.logits]
+        self.logits_dtype = _DTYPES[logits.type]
+        vocab = logits.shape[-1]  # the graph's own width; genai_config's when it is symbolic
+        self.vocab_size = vocab if isinstance(vocab, int) else int(genai["model"]["vocab_size"])
         self.kv_heads, self.head_size = decoder["num_key_value_heads"], decoder["head_size"]
         self.max_batch, self.context_length = max_batch, context_length
         # Adapter tensors are bound as inputs (run_with_iobinding ignores RunOptions' active
@@ -145,12 +150,8 @@ class OnnxBatchModel:
             if not group.lengths:
                 return self._prefill(group, new_ids)[-1]
             for token in new_ids:
-                length = group.lengths[0]
-                self._reserve(group, 1, length + 1)
-                ids = np.asarray([[token]], dtype=self.ids_dtype)
-                logits = self._run(group, 0, ids, np.ones((1, length + 1), self.mask_dtype))
-                group.lengths[0] = length + 1
-            return logits[0, -1]
+                logits = self._step_group(group, [token])
+            return logits[0]
 
         yield forward
 
@@ -176,18 +177,23 @@ class OnnxBatchModel:
             group = slots[indexes[0]].group
             if len(indexes) != len(group.slots):
                 raise RunError("a batched step must feed every open sequence of its adapter")
-            ids = np.zeros((len(indexes), 1), dtype=self.ids_dtype)
+            by_row = [0] * len(indexes)
             for index in indexes:
-                ids[slots[index].row, 0] = tokens[index]
-            lengths = np.asarray(group.lengths)
-            self._reserve(group, len(indexes), int(lengths.max()) + 1)
-            # row b attends to its lengths[b] cached tokens and the new one
-            mask = np.arange(lengths.max() + 1)[None, :] <= lengths[:, None]
-            logits = self._run(group, 0, ids, mask.astype(self.mask_dtype))
+                by_row[slots[index].row] = tokens[index]
+            logits = self._step_group(group, by_row)
             for index in indexes:
-                out[index] = logits[slots[index].row, -1]
-            group.lengths = [length + 1 for length in group.lengths]
+                out[index] = logits[slots[index].row]
         return out
+
+    def _step_group(self, group: _Group, tokens: list[int]) -> np.ndarray:
+        """Feeds one token to each row of the group; returns each row's logits [rows, vocab]."""
+        lengths = group.lengths
+        self._reserve(group, len(tokens), max(lengths) + 1)
+        if group.stepper is None:
+            group.stepper = _Stepper(self, group)
+        logits = group.stepper(tokens, lengths)
+        group.lengths = [length + 1 for length in lengths]
+        return logits
 
     def close(self, slot: _Slot) -> None:
         group, row = slot.group, slot.row
@@ -216,7 +222,7 @@ class OnnxBatchModel:
         shape = (new_rows, self.kv_heads, capacity, self.head_size)
         layers = len(self.cache_names) // 2
         for buffers in (group.keys, group.values):
-            old = buffers or [None] * layers
+            old = list(buffers) or [None] * layers  # a copy: `buffers[:] =` refills this list
             buffers[:] = [np.zeros(shape, dtype=self.cache_dtype) for _ in range(layers)]
             for grown, previous in zip(buffers, old, strict=True):
                 if previous is not None:
@@ -229,13 +235,69 @@ class OnnxBatchModel:
         binding.bind_output(self.logits, "cpu")
         binding.bind_cpu_input(self.input_ids, ids)
         binding.bind_cpu_input(self.attention_mask, mask)
-        shape = (len(ids), self.kv_heads, group.capacity, self.head_size)
+        self.bind_cache(binding, group, row, len(ids))
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+    def bind_cache(self, binding: Any, group: _Group, row: int, rows: int) -> None:
+        """Binds rows row..row+rows-1 of the group's cache as past and present (one buffer, so
+        a pass copies no cache) and the group's adapter tensors."""
+        shape = (rows, self.kv_heads, group.capacity, self.head_size)
         buffers = [b for pair in zip(group.keys, group.values, strict=True) for b in pair]
         for (past, present), buffer in zip(self.cache_names, buffers, strict=True):
-            address = buffer[row : row + len(ids)].ctypes.data  # contiguous: whole leading rows
+            address = buffer[row : row + rows].ctypes.data  # contiguous: whole leading rows
             binding.bind_input(past, "cpu", 0, self.cache_dtype, shape, address)
             binding.bind_output(present, "cpu", 0, self.cache_dtype, shape, address)
         for name, value in self.adapter_inputs[group.adapter].items():
             binding.bind_ortvalue_input(name, value)
-        self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+
+
+class _Stepper:
+    """One-token passes over a group's rows with an IO binding kept between steps.
+
+    Why: a fresh binding per step costs two bind calls per layer, a logits allocation and a
+    copy, a measurable share of a small model's per-token time (docs/benchmarks.md, decode
+    speed). The cache, adapter and output buffers are bound again only when the group's row
+    count or cache size changes; otherwise a step writes the tokens and the attention mask
+    into bound buffers and rebinds only the mask, whose width grows by one each step (its row
+    sums tell GroupQueryAttention how many cached tokens each row reads).
+    """
+
+    def __init__(self, model: OnnxBatchModel, group: _Group) -> None:
+        self.model, self.group = model, group
+        self.binding: Any = None
+        self.bound = (0, 0, 0)  # rows fed, rows and capacity of the cache buffers
+
+    def __call__(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
+        model, group = self.model, self.group
+        rows, width = len(tokens), max(lengths) + 1
+        if self.bound != (rows, group.rows, group.capacity):
+            self._bind(rows)
+        self.ids[:, 0] = tokens
+        mask = self.mask[: rows * width].reshape(rows, width)
+        if rows == 1:
+            mask.fill(1)
+        else:  # row b attends to its lengths[b] cached tokens and the new one
+            np.less_equal(self.positions[:width][None, :], np.asarray(lengths)[:, None], out=mask)
+        self.binding.bind_input(
+            model.attention_mask, "cpu", 0, model.mask_dtype, mask.shape, mask.ctypes.data
+        )
+        model.session.run_with_iobinding(self.binding)
+        return self.logits[:, -1].copy()  # the buffer is the next step's output
+
+    def _bind(self, rows: int) -> None:
+        model, group = self.model, self.group
+        self.ids = np.zeros((rows, 1), dtype=model.ids_dtype)
+        self.logits = np.zeros((rows, 1, model.vocab_size), dtype=model.logits_dtype)
+        self.mask = np.zeros(rows * group.capacity, dtype=model.mask_dtype)
+        self.positions = np.arange(group.capacity)
+        binding = model.session.io_binding()
+        binding.bind_input(
+            model.input_ids, "cpu", 0, model.ids_dtype, self.ids.shape, self.ids.ctypes.data
+        )
+        binding.bind_output(
+            model.logits, "cpu", 0, model.logits_dtype, self.logits.shape, self.logits.ctypes.data
+        )
+        model.bind_cache(binding, group, 0, rows)
+        self.binding = binding
+        self.bound = (rows, group.rows, group.capacity)
