@@ -108,6 +108,61 @@ def test_compare_writes_the_table_speed_and_preferences(
     assert again[2].strip() == f"error: {out} already exists; pass --force to replace it"
 
 
+def test_an_interrupted_compare_resumes_without_asking_again(
+    llama_onnx: Path, fake: FakeOpenAI, data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Ctrl-C while the judge works (simulated: the second preference raises
+    KeyboardInterrupt, as a Ctrl-C in the main thread would) keeps the answers and the judge's
+    replies in OUT.partial/; --resume asks the cloud nothing again and the judge only about the
+    prompts it had not judged."""
+    from slmforge.app.scoring import PairJudge
+
+    out = tmp_path / "compare"
+    args = [
+        "--data", str(data), "--local", f"{llama_onnx}+travel",
+        "--cloud", f"openai:cloud@{fake.base_url}", "--judge", f"openai:judge@{fake.base_url}",
+        "--out", str(out), "--max-tokens", "8", "--similarity", "f1",
+    ]  # fmt: skip
+    prefer, calls = PairJudge.prefer, []
+
+    def interrupted_at_the_second(self, question, answers):
+        calls.append(question)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return prefer(self, question, answers)
+
+    fake.requests.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(PairJudge, "prefer", interrupted_at_the_second)
+        code, _, err = _run(capsys, *args)
+    stage = tmp_path / "compare.partial"
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (
+        f"error: interrupted; what is done is kept in {stage}: run the same command with "
+        "--resume to continue"
+    )
+    assert not out.exists() and (stage / "eval" / "rows.jsonl").is_file()
+
+    def asked(model: str) -> list[str]:
+        return [r.body["messages"][-1]["content"] for r in fake.chat_requests()
+                if r.body["model"] == model and r.body.get("max_tokens") != 1]  # fmt: skip
+
+    cloud_before, judged_before = asked("cloud"), asked("judge")
+    assert sorted(cloud_before) == sorted(QUESTIONS) and len(judged_before) == 2
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and f"{stage} holds an interrupted app compare; pass --resume" in err
+
+    fake.requests.clear()
+    code, _, err = _run(capsys, *args, "--resume")
+    assert code == 0, err
+    assert asked("cloud") == []  # every answer came from the partial eval
+    judged = asked("judge")
+    assert len(judged) == 4 and not set(judged) & set(judged_before)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preference"]["cloud"] == 3 and summary["rows"] == 3
+    assert not stage.exists()
+
+
 def test_bad_input_fails_before_any_work(
     llama_onnx: Path, fake: FakeOpenAI, data: Path, tmp_path: Path, capsys
 ) -> None:

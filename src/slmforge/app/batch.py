@@ -12,22 +12,29 @@ only a pair has. The flow reads top to bottom in `run_compare`:
   write    - compare.jsonl (one row per prompt), summary.json (speed per side: time to first
              token and tokens/s mean/p50/p95 and local/cloud ratios; similarity; preferences),
              compare.md (the side-by-side table), all in one artifact folder
+
+Until the artifact is written, the work lives in `OUT.partial/`: the eval (whose own partial
+folder keeps each answer as it arrives) and the judge's replies (`judge.jsonl`), so an
+interrupted compare continues with `--resume` and asks no model or judge again for what it
+already has.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slmforge.app.scoring import PairJudge
-from slmforge.artifacts import artifact, check_output, read_manifest
+from slmforge.artifacts import MANIFEST, artifact, check_output, read_manifest
 from slmforge.config.app_compare import AppCompareConfig
 from slmforge.config.data import ReadOptions
 from slmforge.config.evaluate import EvalConfig
 from slmforge.errors import InputError, Interrupted
 from slmforge.evaluate import metrics as registry
+from slmforge.evaluate.partial import partial_dir
 from slmforge.evaluate.runner import bounded, is_remote, open_engine, run_eval
 from slmforge.evaluate.stats import bootstrap_mean
 from slmforge.evaluate.summary import redact
@@ -47,24 +54,57 @@ def run_compare(cfg: AppCompareConfig) -> CompareResult:
     similarity = similarity_metric(cfg.similarity, cfg.metrics)
     eval_cfg = eval_config(cfg)
     check_output(cfg.out, cfg.force)
+    stage = staging_folder(cfg)
     judge = None
     if cfg.judge:
-        judge = PairJudge(open_engine(cfg.judge, "--judge", eval_cfg), redact(cfg.judge))
+        engine = open_engine(cfg.judge, "--judge", eval_cfg)
+        judge = PairJudge(engine, redact(cfg.judge), cache=stage / "judge.jsonl")
+    try:
+        eval_summary = _answer_both_sides(eval_cfg, stage / "eval", cfg.resume)
+        rows = _read_rows(stage / "eval" / "rows.jsonl")
+        _add_similarity(rows, similarity)
+        if judge is not None and cfg.judge:
+            _add_preferences(rows, judge, cfg.concurrency if is_remote(cfg.judge) else 1)
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(
+            f"interrupted; what is done is kept in {stage}: run the same command with --resume "
+            "to continue"
+        ) from None
+    summary = summarize(cfg, rows, eval_summary)
     with artifact(cfg.out, "app-compare", force=cfg.force) as art:
-        try:
-            result = run_eval(eval_cfg.model_copy(update={"out": art.path / "eval"}))
-            rows = _read_rows(art.path / "eval" / "rows.jsonl")
-            _add_similarity(rows, similarity)
-            if judge is not None and cfg.judge:
-                _add_preferences(rows, judge, cfg.concurrency if is_remote(cfg.judge) else 1)
-        except (KeyboardInterrupt, Interrupted):  # eval's own message offers a --resume
-            raise Interrupted(f"interrupted; nothing was written to {cfg.out}") from None
-        summary = summarize(cfg, rows, result.summary)
+        shutil.copytree(stage / "eval", art.path / "eval")
         _write(art.path, rows, summary)
         art.manifest.source = read_manifest(art.path / "eval").source  # data and both sides
         art.manifest.config = summary["config"]
         art.manifest.metrics = _headline(summary)
+    shutil.rmtree(stage, ignore_errors=True)
     return CompareResult(Path(cfg.out), summary)
+
+
+def staging_folder(cfg: AppCompareConfig) -> Path:
+    """`OUT.partial/`, where a compare works until its artifact is written."""
+    stage = partial_dir(Path(cfg.out))
+    if stage.exists() and not (cfg.resume or cfg.force):
+        raise InputError(
+            f"{stage} holds an interrupted app compare; pass --resume to continue it or "
+            "--force to start over"
+        )
+    if cfg.resume and not stage.exists():
+        raise InputError(f"--resume: {stage} does not exist; run without --resume")
+    if cfg.force and not cfg.resume and stage.exists():
+        shutil.rmtree(stage)
+    return stage  # made by the first answer kept, so input refused early leaves nothing
+
+
+def _answer_both_sides(eval_cfg: EvalConfig, folder: Path, resume: bool) -> dict[str, Any]:
+    """The eval's summary: the finished eval in `folder` when resuming after it completed,
+    else a run that reuses the answers its partial folder kept."""
+    if resume and (folder / MANIFEST).is_file():
+        return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    kept = resume and partial_dir(folder).exists()
+    # force: `folder` lies inside our own staging folder, never a user's output
+    result = run_eval(eval_cfg.model_copy(update={"out": folder, "resume": kept, "force": True}))
+    return result.summary
 
 
 # -- check ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ judge's own reasons say why.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from slmforge.errors import SlmforgeError
@@ -49,8 +50,9 @@ class Preference:
 class PairJudge:
     """Which of two answers a judge engine prefers, and why."""
 
-    def __init__(self, engine: Engine, spec: str) -> None:
-        self.judge = Judge(engine, spec, JudgeCache(None))
+    def __init__(self, engine: Engine, spec: str, cache: Path | None = None) -> None:
+        """`cache`: a JSONL file of the judge's replies, reused by a resumed run."""
+        self.judge = Judge(engine, spec, JudgeCache(cache))
         self.prompt = judge_prompts()[JUDGE_EVALUATOR]
 
     def prefer(self, question: str, answers: dict[str, str]) -> Preference:

@@ -51,4 +51,9 @@ class AppCompareConfig(ReadOptions):
     timeout_s: float = Field(60.0, gt=0, description="Timeout of each remote request.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Env var with the remote API key.")
     device: Literal["cpu", "cuda", "mps"] = Field("cpu", description="Device of local models.")
+    resume: bool = Field(
+        False,
+        description="Continue an interrupted compare from OUT.partial/: answers and judge "
+        "replies it already has are not asked for again.",
+    )
     force: bool = Field(False, description="Replace OUT if it exists.")
