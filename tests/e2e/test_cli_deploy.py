@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from fake_openai import FakeOpenAI
 from slmforge.data.sample import write_sample
 from slmforge.errors import InputError
 from slmforge.runtime.engine import GenParams, complete
@@ -136,6 +137,60 @@ def test_deployment_lifecycle(tiny_llama, llama_adapters, env, tmp_path, monkeyp
     assert _states(env) == {}
     with pytest.raises(httpx.TransportError):
         httpx.get(url.removesuffix("/v1") + "/health", timeout=2)
+
+
+def test_a_routed_deployment_keeps_its_routing_across_a_restart(llama_onnx, env, tmp_path) -> None:
+    """`deploy create --route cloud --cloud SPEC`: chat is answered by the cloud model (the
+    fake OpenAI-compatible server, a stand-in for a cloud that cannot be reached here), whose
+    key comes from the named env var and is stored nowhere; a killed and restarted deployment
+    routes the same way."""
+    with FakeOpenAI(api_key="sk-cloud-secret", default_text="The cloud answers.") as cloud:
+        routed_env = env | {"CLOUD_KEY": "sk-cloud-secret"}
+        created = slmforge(
+            "deploy", "create", "routed", "--model", str(llama_onnx), "--route", "cloud",
+            "--cloud", f"openai:cloud@{cloud.base_url}", "--cloud-key-env", "CLOUD_KEY",
+            env=routed_env,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        assert f"chat is routed: cloud, cloud openai:cloud@{cloud.base_url}" in created.stdout
+        key = re.search(r"api key \(shown once, store it now\): (\S+)", created.stdout).group(1)
+        url = re.search(r"is up at (\S+)", created.stdout).group(1)
+        client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+
+        def ask() -> str:
+            reply = client.chat.completions.create(
+                model="routed", messages=[{"role": "user", "content": "Lisbon?"}], max_tokens=8
+            )
+            return reply.choices[0].message.content
+
+        try:
+            assert ask() == "The cloud answers."
+            home = tmp_path / "home"
+            assert "sk-cloud-secret" not in "".join(
+                p.read_text(errors="ignore") for p in home.rglob("*") if p.is_file()
+            )
+            [listed] = json.loads(slmforge("deploy", "list", "--json", env=env).stdout)
+            assert listed["route"] == {
+                "route": "cloud",
+                "cloud": f"openai:cloud@{cloud.base_url}",
+                "cloud_key_env": "CLOUD_KEY",
+            }
+            os.killpg(int(listed["pid"]), signal.SIGKILL)
+            restarted = slmforge("deploy", "restart", "routed", env=routed_env)
+            assert restarted.returncode == 0, restarted.stderr
+            cloud.requests.clear()
+            assert ask() == "The cloud answers."
+            assert len(cloud.chat_requests()) == 1
+        finally:
+            deleted = slmforge("deploy", "delete", "routed", env=env)
+        assert deleted.returncode == 0, deleted.stderr
+    unpaired = slmforge(
+        "deploy", "create", "x", "--model", str(llama_onnx), "--cloud", "openai:a@http://h/v1",
+        env=env,
+    )  # fmt: skip
+    assert unpaired.returncode == 2
+    assert unpaired.stderr.strip() == "error: route: give both --route POLICY and --cloud SPEC"
+    assert _states(env) == {}
 
 
 def test_deploy_bad_input(tiny_llama, env, tmp_path) -> None:

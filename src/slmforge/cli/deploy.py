@@ -24,15 +24,44 @@ def create(
     safety: Path | None = typer.Option(
         None, "--safety", help="Content filter policy YAML (docs/safety.md); copied in."
     ),
+    route: str | None = typer.Option(
+        None,
+        "--route",
+        help="Answer chat through the router, as slmforge serve --route: local, cloud, "
+        "compare, local-first or cost; needs --cloud.",
+    ),
+    cloud: str | None = typer.Option(
+        None, "--cloud", help="With --route: the cloud model (openai:MODEL@URL, profile:NAME)."
+    ),
+    cloud_key_env: str | None = typer.Option(
+        None,
+        "--cloud-key-env",
+        help="Env var with the cloud API key, read from this shell's environment when the "
+        "deployment starts or restarts (never stored).",
+    ),
+    cloud_api_version: str | None = typer.Option(
+        None, "--cloud-api-version", help="Azure OpenAI api-version of --cloud."
+    ),
 ) -> None:
     """Start a deployment and print its endpoint and API key (shown only this once)."""
     from slmforge.serve import deployments
 
     if engine not in ("auto", "torch", "onnx"):
         raise InputError(f"--engine {engine!r}: expected auto, torch or onnx")
-    deployment, key = deployments.create(name, model, adapter, engine, host, port, safety)
+    routing = {
+        "route": route,
+        "cloud": cloud,
+        "cloud_key_env": cloud_key_env,
+        "cloud_api_version": cloud_api_version,
+    }
+    routing = {k: v for k, v in routing.items() if v is not None}
+    deployment, key = deployments.create(
+        name, model, adapter, engine, host, port, safety, routing or None
+    )
     typer.echo(f"deployment {deployment.name} is up at {deployment.url}")
     typer.echo(f"model: {deployment.name}  adapters: {', '.join(deployment.adapters) or '-'}")
+    if route:
+        typer.echo(f"chat is routed: {route}, cloud {cloud}")
     typer.echo(f"api key (shown once, store it now): {key}")
 
 
@@ -57,6 +86,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
                         "url": s.deployment.url,
                         "model": s.deployment.model,
                         "pid": s.deployment.pid,
+                        "route": deployments.route_of(s.deployment.name) or None,
                         "detail": s.detail,
                     }
                     for s in rows

@@ -38,6 +38,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 READY_TIMEOUT_S = 600
 STOP_TIMEOUT_S = 15
 POLICY_FILE = "safety.yaml"  # the content filter policy a deployment serves with, if any
+ROUTE_FILE = "route.json"  # the routing (policy, cloud spec) a deployment serves with, if any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
     name TEXT PRIMARY KEY,
@@ -191,6 +192,7 @@ def _launch(deployment: Deployment) -> Deployment:
     policy = folder(deployment.name) / POLICY_FILE
     if policy.is_file():
         command += ["--safety", str(policy)]
+    command += route_options(route_of(deployment.name))
     with open(log_path(deployment.name), "ab") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -224,10 +226,12 @@ def create(
     host: str = "127.0.0.1",
     port: int = 0,
     safety: Path | None = None,
+    route: dict[str, str] | None = None,
 ) -> tuple[Deployment, str]:
     """Start a deployment; returns it and its API key (the only time the key is shown).
     A safety policy is checked here and copied into the deployment's folder, so a restart
-    filters with the same policy."""
+    filters with the same policy; so is the routing (`route`: serve's route, cloud,
+    cloud_key_env and cloud_api_version; the cloud's key itself stays in the environment)."""
     if not NAME_PATTERN.match(name):
         raise InputError(
             f"deployment name {name!r}: use lowercase letters, digits and '-' (at most 63)"
@@ -238,11 +242,15 @@ def create(
         from slmforge.safety.filter import SafetyFilter
 
         SafetyFilter.from_file(safety)
+    if route:
+        check_route(model, route)
     if any(d.name == name for d in all_deployments()):
         raise InputError(f"deployment {name!r} exists; delete it first or pick another name")
     folder(name).mkdir(parents=True, exist_ok=True)
     if safety is not None:
         shutil.copyfile(safety, folder(name) / POLICY_FILE)
+    if route:
+        (folder(name) / ROUTE_FILE).write_text(json.dumps(route, indent=2) + "\n", "utf-8")
     key = "sk-slmforge-" + secrets.token_urlsafe(24)
     keys = folder(name) / "keys"
     keys.write_text(hashed_line(key) + "\n", encoding="utf-8")
@@ -258,6 +266,27 @@ def create(
         stop(deployment)
         raise
     return deployment, key
+
+
+def check_route(model: str, route: dict[str, str]) -> None:
+    """The same checks `slmforge serve --route` makes, before any process starts."""
+    from slmforge.config import validate
+    from slmforge.config.serve import ServeConfig
+
+    validate(ServeConfig, {"model": model, **route}, option_keys=set(route))
+
+
+def route_of(name: str) -> dict[str, str]:
+    path = folder(name) / ROUTE_FILE
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+
+
+def route_options(route: dict[str, str]) -> list[str]:
+    """`slmforge serve` options for a deployment's routing."""
+    options: list[str] = []
+    for field, value in route.items():
+        options += ["--" + field.replace("_", "-"), str(value)]
+    return options
 
 
 def restart(name: str) -> Deployment:
