@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The slmforge journey on a tiny model built here and slmforge's own sample data, from one
 # workflow file (examples/workflow.yaml): tiny model -> data -> LoRA -> merge -> int4 ONNX with
-# a switchable adapter -> a running deployment -> eval of base, tuned, int4 and the endpoint.
+# a switchable adapter -> a running deployment -> eval of base, tuned, int4 and the endpoint ->
+# the on-device model and the endpoint compared side by side (slmforge app compare).
 # Every line is a command a user would type; artifacts land in demo-out/workflow/. Running it
 # again skips every cached stage.
 set -euo pipefail
@@ -28,9 +29,15 @@ run "$SLMFORGE" deploy list
 echo "$QUESTION" | SLMFORGE_API_KEY="$(cat "$OUT/travel-demo.key")" \
   run "$SLMFORGE" chat deploy:travel-demo:travel --max-tokens 48
 
+step "4. Side by side: int4 ONNX + adapter on-device vs the deployment standing in for the cloud"
+SLMFORGE_API_KEY="$(cat "$OUT/travel-demo.key")" run "$SLMFORGE" app compare \
+  --data "$OUT/data/split/test.jsonl" --limit 5 --max-tokens 32 --similarity f1 \
+  --local "$OUT/onnx-int4+travel" --cloud deploy:travel-demo:travel --out "$OUT/compare" --force
+
 step "Done. Artifacts (each with a slmforge.json manifest):"
-for path in base data/split adapter merged onnx-int4 eval; do printf '  %s/%s\n' "$OUT" "$path"; done
+for path in base data/split adapter merged onnx-int4 eval compare; do printf '  %s/%s\n' "$OUT" "$path"; done
 printf '  loss plot: %s/adapter/loss.png\n  eval report: %s/eval/report.html\n' "$OUT" "$OUT"
+printf '  side by side: %s/compare/compare.md\n' "$OUT"
 printf '  deployment travel-demo keeps running (%s deploy list)\n' "$SLMFORGE"
 printf '  remove everything the demo created, deployment included:\n'
-printf '    %s clean --all --runs-dir %s --yes\n' "$SLMFORGE" "$RUNS"
+printf '    %s clean --all --runs-dir %s --yes && rm -rf %s/compare\n' "$SLMFORGE" "$RUNS" "$OUT"
