@@ -43,8 +43,8 @@ class ScriptedEngine:
         def run():
             try:
                 for i, word in enumerate(words):
-                    if i == self.gate_after:
-                        self.gate.wait(30)
+                    if i == self.gate_after:  # tests open the gate; the timeout is a backstop
+                        self.gate.wait(300)  # long enough for a slow content filter under load
                     self.produced += 1
                     yield Delta(text=word if i == 0 else " " + word)
                 self.finished = True

@@ -41,8 +41,12 @@ def choice_params(params: GenParams, index: int) -> GenParams:
 async def engine_deltas(
     engine: Any, prompt: list[int], params: GenParams, adapter: str | None
 ) -> AsyncIterator[Delta]:
-    async for delta in iterate_in_thread(lambda: engine.generate_ids(prompt, params, adapter)):
-        yield delta
+    stream = iterate_in_thread(lambda: engine.generate_ids(prompt, params, adapter))
+    try:
+        async for delta in stream:
+            yield delta
+    finally:  # closing this stream stops the generation now, not when it is collected
+        await stream.aclose()
 
 
 def _merge(deltas: list[Delta]) -> Delta:
@@ -56,7 +60,25 @@ async def screened(
     on_verdict: Callable[[Any], None] | None = None,
 ) -> AsyncIterator[Delta]:
     """Pass deltas through the output filter; a blocked answer ends with finish_reason
-    `content_filter` and none of the blocked text. `on_verdict` sees each window's verdict."""
+    `content_filter` and none of the blocked text. `on_verdict` sees each window's verdict.
+    The engine's stream is closed as soon as this one ends, so a blocked answer stops its
+    generation before the response is finished, not whenever the generator is collected."""
+    inner = _screened(deltas, content_filter, on_verdict)
+    try:
+        async for delta in inner:
+            yield delta
+    finally:
+        await inner.aclose()
+        close = getattr(deltas, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _screened(
+    deltas: AsyncIterator[Delta],
+    content_filter: Any,
+    on_verdict: Callable[[Any], None] | None,
+) -> AsyncIterator[Delta]:
     if isinstance(content_filter, NoFilter):
         async for delta in deltas:
             yield delta
