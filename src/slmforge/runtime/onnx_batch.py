@@ -275,10 +275,8 @@ class _Stepper:
             self._bind(rows)
         self.ids[:, 0] = tokens
         mask = self.mask[: rows * width].reshape(rows, width)
-        if rows == 1:
-            mask.fill(1)
-        else:  # row b attends to its lengths[b] cached tokens and the new one
-            np.less_equal(self.positions[:width][None, :], np.asarray(lengths)[:, None], out=mask)
+        # row b attends to its lengths[b] cached tokens and the new one
+        np.less_equal(self.positions[:width][None, :], np.asarray(lengths)[:, None], out=mask)
         self.binding.bind_input(
             model.attention_mask, "cpu", 0, model.mask_dtype, mask.shape, mask.ctypes.data
         )

@@ -9,7 +9,8 @@ active, streamed text is held back until the filter has passed it.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +42,12 @@ def choice_params(params: GenParams, index: int) -> GenParams:
 async def engine_deltas(
     engine: Any, prompt: list[int], params: GenParams, adapter: str | None
 ) -> AsyncIterator[Delta]:
-    stream = iterate_in_thread(lambda: engine.generate_ids(prompt, params, adapter))
-    try:
+    # closing the stream on exit stops the generation now, not when it is collected
+    async with aclosing(
+        iterate_in_thread(lambda: engine.generate_ids(prompt, params, adapter))
+    ) as stream:
         async for delta in stream:
             yield delta
-    finally:  # closing this stream stops the generation now, not when it is collected
-        await stream.aclose()
 
 
 def _merge(deltas: list[Delta]) -> Delta:
@@ -55,7 +56,7 @@ def _merge(deltas: list[Delta]) -> Delta:
 
 
 async def screened(
-    deltas: AsyncIterator[Delta],
+    deltas: AsyncGenerator[Delta, None],
     content_filter: Any,
     on_verdict: Callable[[Any], None] | None = None,
 ) -> AsyncIterator[Delta]:
@@ -63,15 +64,9 @@ async def screened(
     `content_filter` and none of the blocked text. `on_verdict` sees each window's verdict.
     The engine's stream is closed as soon as this one ends, so a blocked answer stops its
     generation before the response is finished, not whenever the generator is collected."""
-    inner = _screened(deltas, content_filter, on_verdict)
-    try:
+    async with aclosing(deltas), aclosing(_screened(deltas, content_filter, on_verdict)) as inner:
         async for delta in inner:
             yield delta
-    finally:
-        await inner.aclose()
-        close = getattr(deltas, "aclose", None)
-        if close is not None:
-            await close()
 
 
 async def _screened(
