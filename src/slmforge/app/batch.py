@@ -34,7 +34,7 @@ from slmforge.config.data import ReadOptions
 from slmforge.config.evaluate import EvalConfig
 from slmforge.errors import InputError, Interrupted
 from slmforge.evaluate import metrics as registry
-from slmforge.evaluate.partial import partial_dir
+from slmforge.evaluate.partial import claim_partial, partial_dir
 from slmforge.evaluate.runner import bounded, is_remote, open_engine, run_eval
 from slmforge.evaluate.stats import bootstrap_mean
 from slmforge.evaluate.summary import redact
@@ -83,17 +83,7 @@ def run_compare(cfg: AppCompareConfig) -> CompareResult:
 
 def staging_folder(cfg: AppCompareConfig) -> Path:
     """`OUT.partial/`, where a compare works until its artifact is written."""
-    stage = partial_dir(Path(cfg.out))
-    if stage.exists() and not (cfg.resume or cfg.force):
-        raise InputError(
-            f"{stage} holds an interrupted app compare; pass --resume to continue it or "
-            "--force to start over"
-        )
-    if cfg.resume and not stage.exists():
-        raise InputError(f"--resume: {stage} does not exist; run without --resume")
-    if cfg.force and not cfg.resume and stage.exists():
-        shutil.rmtree(stage)
-    return stage  # made by the first answer kept, so input refused early leaves nothing
+    return claim_partial(partial_dir(Path(cfg.out)), cfg.resume, cfg.force, "app compare")
 
 
 def _answer_both_sides(eval_cfg: EvalConfig, folder: Path, resume: bool) -> dict[str, Any]:

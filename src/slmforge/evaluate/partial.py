@@ -61,18 +61,25 @@ def answer_key(spec: str, params: dict[str, Any], row_key: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def claim_partial(folder: Path, resume: bool, force: bool, what: str) -> Path:
+    """`folder` as an interrupted `what` to continue (`--resume`) or to start over (`--force`,
+    which removes it); without either, an existing one is an error. Not created here: the
+    first thing kept makes it, so input refused early leaves nothing."""
+    if folder.exists() and not (resume or force):
+        raise InputError(
+            f"{folder} holds an interrupted {what}; pass --resume to continue it "
+            "or --force to start over"
+        )
+    if resume and not folder.exists():
+        raise InputError(f"--resume: {folder} does not exist; run without --resume")
+    if force and not resume and folder.exists():
+        shutil.rmtree(folder)
+    return folder
+
+
 class PartialRun:
     def __init__(self, out: Path, resume: bool, force: bool) -> None:
-        self.folder = partial_dir(out)
-        if self.folder.exists() and not (resume or force):
-            raise InputError(
-                f"{self.folder} holds an interrupted eval; pass --resume to continue it "
-                "or --force to start over"
-            )
-        if resume and not self.folder.exists():
-            raise InputError(f"--resume: {self.folder} does not exist; run without --resume")
-        if force and not resume and self.folder.exists():
-            shutil.rmtree(self.folder)
+        self.folder = claim_partial(partial_dir(out), resume, force, "eval")
         self.answers_path = self.folder / "answers.jsonl"
         self.judge_path = self.folder / "judge.jsonl"
         self.answers: dict[str, Answer] = self._load() if resume else {}
