@@ -99,3 +99,37 @@ def test_chat_rejects_bad_adapter_option(tiny_llama: Path) -> None:
     hot = slmforge("chat", str(tiny_llama), "--temperature", "5", stdin="")
     assert hot.returncode == 2
     assert hot.stderr.startswith("error: --temperature: Input should be less than or equal to 2")
+
+
+def test_models_init_like_a_real_model(tmp_path: Path) -> None:
+    out = tmp_path / "qwen"
+    result = slmforge(
+        "models", "init", "--like", "qwen2.5-0.5b", "--layers", "1", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert (config["hidden_size"], config["vocab_size"], config["num_hidden_layers"]) == (
+        896,
+        151936,
+        1,
+    )
+    assert config["tie_word_embeddings"] is True and config["dtype"] == "bfloat16"
+    manifest = read_manifest(out)
+    assert manifest.config["like"] == "qwen2.5-0.5b" and manifest.config["weights"] == "random"
+    assert manifest.metrics["parameters"] == 151936 * 896 + 14_912_384 + 896  # + final norm
+    assert "<|im_start|>" in manifest.chat_template and "<|im_end|>" in manifest.stop
+    info = json.loads(slmforge("models", "info", str(out), "--json").stdout)
+    assert info["parameters"] == manifest.metrics["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--like", "gpt-5"], "unknown model 'gpt-5'"),
+        (["--like", "llama-3.2-1b", "--layers", "17"], "llama-3.2-1b has 16 layers"),
+    ],
+)
+def test_models_init_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    result = slmforge("models", "init", *args, "--out", str(tmp_path / "m"))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "m").exists()

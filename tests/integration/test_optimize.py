@@ -34,6 +34,24 @@ def _greedy_texts(engine, adapter: str | None = None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def peft_adapter_strong(tiny_model, tmp_path_factory) -> Path:
+    """A LoRA adapter with random (not zero) B, so it changes the output clearly."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from slmforge.models.load import load_causal_lm
+
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_model("llama"))
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    folder = tmp_path_factory.mktemp("peft") / "strong"
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def two_adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
     """Two LoRA adapters of the tiny llama (different seeds and learning rates)."""
     from slmforge.train.sft import finetune
@@ -139,6 +157,51 @@ def test_int4_base_with_adapters_reports_agreement(tiny_model, two_adapters, tmp
     assert set(parity) == {"base", "travel", "terse"}
     for figures in parity.values():
         assert 0.0 <= figures["agreement"] <= 1.0 and figures["positions"] > 0
+
+
+def _verify_again(out: Path, base: Path, adapters: dict[str, Path], precision: str) -> None:
+    from slmforge.config.optimize import DEFAULT_MAX_KL, DEFAULT_MIN_AGREEMENT
+    from slmforge.optimize import verify
+
+    prompts = verify.verification_prompts(None, 4)
+    for label, parity in verify.verify_build(out, base, adapters, False, prompts, 12).items():
+        verify.check(
+            parity, precision, DEFAULT_MAX_KL[precision], DEFAULT_MIN_AGREEMENT[precision], label
+        )
+
+
+def test_broken_builds_fail_verification(tiny_model, peft_adapter_strong, tmp_path):
+    """The int4 bars hold for a sound build and catch a wrong adapter scale and a transposed
+    weight, though int4 already moves the logits (the KL bar, not exact logits, decides)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from slmforge.errors import RunError
+    from slmforge.optimize import adapters as lora
+
+    base, adapters = tiny_model("llama"), {"rnd": peft_adapter_strong}
+    out = _optimize(
+        base, tmp_path / "int4", precision="int4", adapter=[f"rnd={peft_adapter_strong}"]
+    )
+    _verify_again(out, base, adapters, "int4")  # the sound build passes again
+
+    shapes = lora.lora_initializer_shapes(out / "model.onnx")
+    tensors = lora.onnx_tensors(lora.read_adapter("rnd", peft_adapter_strong), shapes)
+    doubled = {k: (v * 2 if "lora_B" in k else v) for k, v in tensors.items()}
+    lora.write_adapter(doubled, out / "rnd.onnx_adapter")
+    with pytest.raises(RunError, match="verification failed for rnd"):
+        _verify_again(out, base, adapters, "int4")
+    lora.write_adapter(tensors, out / "rnd.onnx_adapter")
+
+    model = onnx.load(out / "model.onnx")
+    # The embedding's hidden dimension in the wrong order, as a mis-transposed export gives.
+    embed = next(t for t in model.graph.initializer if t.name.endswith("embed_tokens.weight"))
+    weight = numpy_helper.to_array(embed)
+    embed.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight[:, ::-1]), embed.name))
+    onnx.save(model, out / "model.onnx", save_as_external_data=True, location="model.onnx.data")
+    with pytest.raises(RunError, match="verification failed for base"):
+        _verify_again(out, base, adapters, "int4")
 
 
 def test_merge_adapter_bakes_one_in(tiny_model, two_adapters, tmp_path):

@@ -1,4 +1,5 @@
-"""`slmforge models tiny|info`: build an offline model of a real architecture, describe a model."""
+"""`slmforge models tiny|init|info`: build offline models of real architectures and real
+shapes, describe a model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import typer
 
 from slmforge.cli.options import model_command
-from slmforge.config.models import TinyModelConfig
+from slmforge.config.models import InitModelConfig, TinyModelConfig
 
 models_app = typer.Typer(help="Build tiny models and inspect models.", no_args_is_help=True)
 
@@ -23,6 +24,23 @@ def tiny(config: TinyModelConfig) -> None:
         config.out,
         size=config.size,
         pretrain_steps=config.pretrain_steps,
+        seed=config.seed,
+        force=config.force,
+    )
+    typer.echo(str(out))
+
+
+@model_command(models_app, "init", InitModelConfig)
+def init(config: InitModelConfig) -> None:
+    """Write a random model with a real model's exact shape (weights random: for memory, speed
+    and dry runs, never for quality)."""
+    from slmforge.models.real_shape import init_like
+
+    out = init_like(
+        config.like,
+        config.out,
+        layers=config.layers,
+        dtype=config.dtype,
         seed=config.seed,
         force=config.force,
     )

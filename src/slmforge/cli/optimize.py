@@ -37,14 +37,25 @@ def _summary(out: Path) -> None:
     console.print(table)
     if m.get("parity"):
         parity = Table(title="parity with PyTorch")
-        for column in ("variant", "prompts", "max logit diff", "agreement", "greedy match"):
+        columns = (
+            "variant",
+            "prompts",
+            "mean KL",
+            "confident agreement",
+            "agreement",
+            "max logit diff",
+            "greedy match",
+        )
+        for column in columns:
             parity.add_column(column, justify="right" if column != "variant" else "left")
         for label, p in m["parity"].items():
             parity.add_row(
                 label,
                 str(p["prompts"]),
-                f"{p['max_logit_diff']:.3g}",
+                f"{p['kl']:.3g}",
+                f"{p['confident_agreement']:.1%} of {p['confident_positions']}",
                 f"{p['agreement']:.1%}",
+                f"{p['max_logit_diff']:.3g}",
                 f"{p['greedy_match']:.0%}",
             )
         console.print(parity)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slmforge.config import StrictModel
 
@@ -23,3 +23,29 @@ class TinyModelConfig(StrictModel):
     )
     seed: int = Field(0, description="Seed for weights and data order.")
     force: bool = Field(False, description="Replace the output if it exists.")
+
+
+def _shape_names() -> tuple[str, ...]:
+    from slmforge.config.shapes import SHAPES
+
+    return tuple(SHAPES)
+
+
+class InitModelConfig(StrictModel):
+    like: str = Field(
+        description="Public model whose exact shape to copy: " + ", ".join(_shape_names()) + "."
+    )
+    out: Path = Field(description="Output model folder.")
+    layers: int | None = Field(
+        None, ge=1, description="Keep only this many decoder layers (full width and vocabulary)."
+    )
+    dtype: Literal["bf16", "fp32"] = Field("bf16", description="Weight dtype on disk.")
+    seed: int = Field(0, description="Seed for the random weights.")
+    force: bool = Field(False, description="Replace the output if it exists.")
+
+    @field_validator("like")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in _shape_names():
+            raise ValueError(f"unknown model {value!r} (known: {', '.join(_shape_names())})")
+        return value

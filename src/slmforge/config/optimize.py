@@ -14,8 +14,10 @@ OnnxDevice = Literal["cpu", "cuda", "dml"]
 # The builder's weight-only quantization base methods (its `algo_config` extra option).
 QuantAlgo = Literal["default", "rtn", "k_quant"]
 
-# Greedy next-token agreement a quantized build must reach, when --min-agreement is unset.
+# Top-1 agreement a build must reach on positions where the source is confident (its top-1
+# lead exceeds a margin), when --min-agreement is unset; and the mean KL bar (--max-kl).
 DEFAULT_MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.95, "int8": 0.95, "int4": 0.9}
+DEFAULT_MAX_KL = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.02, "int4": 0.15}
 
 
 def adapter_spec(spec: str) -> tuple[str, Path]:
@@ -60,8 +62,14 @@ class OptimizeConfig(StrictModel):
         None,
         ge=0,
         le=1,
-        description="Fail below this greedy next-token agreement "
+        description="Fail below this top-1 agreement on positions where PyTorch is confident "
         "(default: fp32 1.0, fp16/int8 0.95, int4 0.9).",
+    )
+    max_kl: float | None = Field(
+        None,
+        ge=0,
+        description="Fail above this mean KL divergence from PyTorch's next-token distribution "
+        "(default: fp32 1e-4, fp16 5e-3, int8 0.02, int4 0.15).",
     )
     force: bool = Field(False, description="Replace OUT if it exists.")
     allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) checkpoints.")
@@ -85,6 +93,9 @@ class OptimizeConfig(StrictModel):
 
     def adapters(self) -> dict[str, Path]:
         return dict(adapter_spec(spec) for spec in self.adapter)
+
+    def kl_threshold(self) -> float:
+        return self.max_kl if self.max_kl is not None else DEFAULT_MAX_KL[self.precision]
 
     def agreement_threshold(self) -> float:
         if self.min_agreement is not None:

@@ -199,7 +199,7 @@ def pretrain(model: Any, stream: Any, spec: SizeSpec, steps: int, seed: int) -> 
     }
 
 
-def _generation_config(tokenizer: Any, fmt: ChatFormat) -> Any:
+def generation_config(tokenizer: Any, fmt: ChatFormat) -> Any:
     from transformers import GenerationConfig
 
     # Like real instruct models: generation ends at eos or at any end-of-turn token.
@@ -243,7 +243,7 @@ def build(
         model_config(arch, spec, tokenizer), dtype=torch.float32
     )
     metrics = pretrain(model, _token_stream(tokenizer, docs), spec, steps, seed)
-    model.generation_config = _generation_config(tokenizer, fmt)
+    model.generation_config = generation_config(tokenizer, fmt)
 
     quiet_transformers()
     with artifact(out, "model", force) as art:

@@ -106,7 +106,7 @@ def run_builder(
     command = [
         sys.executable,
         "-m",
-        "onnxruntime_genai.models.builder",
+        "slmforge.optimize.builder_run",  # the builder, quantizing one MatMul at a time
         "-i",
         str(source),
         "-o",
@@ -120,7 +120,14 @@ def run_builder(
         "--extra_options",
         *(f"{key}={value}" for key, value in options.items()),
     ]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # A fixed mmap threshold: glibc's adaptive one moves past the builder's per-weight buffers
+    # (tens of MB), which then stay in the heap after they are freed; measured on a 0.5B model
+    # this held ~0.9 GB more by the last layer.
+    env = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "MALLOC_MMAP_THRESHOLD_": str(1024 * 1024),
+    }
     with progress.task(f"Building {precision} ONNX model for {device}"):
         proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     missing = [n for n in ("model.onnx", "genai_config.json") if not (out / n).is_file()]

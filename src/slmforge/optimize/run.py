@@ -113,14 +113,16 @@ def _verify(
     results = verify.verify_build(
         folder, source, adapters, cfg.merge_adapter, prompts, cfg.verify_tokens
     )
-    threshold = cfg.agreement_threshold()
+    max_kl, min_agreement = cfg.kl_threshold(), cfg.agreement_threshold()
     for label, parity in results.items():
         progress.info(
-            f"parity {label}: max logit diff {parity.max_logit_diff:.3g}, "
-            f"agreement {parity.agreement:.1%}, greedy match {parity.greedy_match:.0%}"
+            f"parity {label}: mean KL {parity.kl:.3g}, confident agreement "
+            f"{parity.confident_agreement:.1%} of {parity.confident_positions}, agreement "
+            f"{parity.agreement:.1%}, max logit diff {parity.max_logit_diff:.3g}, "
+            f"greedy match {parity.greedy_match:.0%}"
         )
     for label, parity in results.items():
-        verify.check(parity, cfg.precision, threshold, label)
+        verify.check(parity, cfg.precision, max_kl, min_agreement, label)
     return results
 
 
