@@ -32,6 +32,19 @@ def test_streams_deltas_then_final_usage(engine: TorchEngine) -> None:
     assert 0 < final.usage.completion_tokens <= 12
 
 
+def test_tokens_without_text_are_timed(engine: TorchEngine, monkeypatch) -> None:
+    # Random weights often pick ids past the tokenizer or special tokens: no text at all, yet
+    # the time to first token and the decode rate are still measured.
+    monkeypatch.setattr(engine, "stop_ids", set())
+    monkeypatch.setattr(engine.tokenizer, "decode", lambda ids, **_: "")
+    deltas = list(engine.chat(ASK, GenParams(max_tokens=6)))
+    assert len(deltas) == 1
+    final = deltas[0]
+    assert final.usage.completion_tokens == 6
+    assert final.timings.ttft_s is not None and 0 < final.timings.ttft_s < final.timings.total_s
+    assert final.timings.tokens_per_s is not None and final.timings.inter_token_s is not None
+
+
 def test_length_finish_has_exactly_max_tokens(engine: TorchEngine, monkeypatch) -> None:
     monkeypatch.setattr(engine, "stop_ids", set())
     result = complete(engine, ASK, GenParams(max_tokens=7))

@@ -206,7 +206,12 @@ def _answer(session: ChatSession, question: str, io: ChatIO, timings: bool) -> N
     io.write("\n")
     if turn.stopped:
         io.note("(stopped; Ctrl-C again at the prompt exits)")
-    elif timings:
+        return
+    produced = turn.final.usage.completion_tokens if turn.final and turn.final.usage else 0
+    if not turn.text and produced:  # a blank line alone would look like a hang or a bug
+        plural = "s" if produced > 1 else ""
+        io.note(f"(no text: {produced} token{plural} generated, none that decodes to text)")
+    if timings:
         io.note(timings_line(turn.final))
 
 

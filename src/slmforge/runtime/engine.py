@@ -3,7 +3,11 @@
 Engines (`TorchEngine`, `OnnxEngine`, `RemoteEngine`) implement `generate`, which streams text
 deltas and ends with one delta carrying `finish_reason` and token `usage`. `BaseEngine.chat`
 wraps that stream with `measure`, so time to first token, inter-token latency and tokens/s are
-measured in one place for every engine.
+measured in one place for every engine. Local engines yield one delta per sampled token (its
+text may be empty: a byte-fallback piece, a special token or an id past the tokenizer decodes to
+nothing), so the first token is timed when it is sampled, not when text first appears; `measure`
+drops the empty ones, so consumers see text deltas only. Remote engines see text chunks only and
+are timed by them.
 """
 
 from __future__ import annotations
@@ -46,10 +50,10 @@ class Usage:
 
 @dataclass
 class Timings:
-    ttft_s: float | None = None  # time to first token
+    ttft_s: float | None = None  # time to the first token (remote engines: the first text)
     total_s: float = 0.0
     tokens_per_s: float | None = None  # decode rate after the first token
-    inter_token_s: float | None = None  # mean gap between deltas after the first
+    inter_token_s: float | None = None  # mean gap between tokens after the first (remote: chunks)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Delta:
     usage: Usage | None = None
     timings: Timings | None = None
     logprobs: list[Any] | None = None  # sampling.TokenLogprob of the tokens in this delta
+    tokens: int = 0  # tokens sampled since the last delta (local engines); 0 where unknown
 
 
 @dataclass
@@ -80,24 +85,27 @@ class Engine(Protocol):
 
 
 def measure(stream: Iterator[Delta]) -> Iterator[Delta]:
-    """Pass deltas through and attach `Timings` to the final one."""
+    """Pass text deltas through and attach `Timings` to the final one.
+
+    Time is stamped per token where the engine reports tokens (`Delta.tokens`), else per text
+    chunk; deltas with neither text nor logprobs only mark time and are not passed on."""
     start = time.perf_counter()
     first: float | None = None
     last = start
-    gaps: list[float] = []
+    ticks = 0  # tokens (or text chunks) seen
+    counts_tokens = False
     final: Delta | None = None
     for delta in stream:
         now = time.perf_counter()
-        if delta.text:
-            if first is None:
-                first = now
-            else:
-                gaps.append(now - last)
-            last = now
+        counts_tokens = counts_tokens or delta.tokens > 0
+        # A local engine's closing text (held back by a stop-string check) is no new token.
+        if delta.tokens > 0 or (delta.text and not counts_tokens):
+            first = now if first is None else first
+            last, ticks = now, ticks + max(delta.tokens, 1)
         if delta.finish_reason is not None or delta.usage is not None:
             final = delta
-            continue
-        yield delta
+        elif delta.text or delta.logprobs:
+            yield delta
     end = time.perf_counter()
     final = final or Delta(finish_reason="stop")
     usage = final.usage or Usage()
@@ -107,7 +115,7 @@ def measure(stream: Iterator[Delta]) -> Iterator[Delta]:
         ttft_s=None if first is None else first - start,
         total_s=end - start,
         tokens_per_s=decoded / decode_s if decode_s > 0 and decoded else None,
-        inter_token_s=sum(gaps) / len(gaps) if gaps else None,
+        inter_token_s=(last - first) / (ticks - 1) if first is not None and ticks > 1 else None,
     )
     yield final
 
@@ -211,10 +219,12 @@ def token_deltas(
     params: GenParams,
     prompt_tokens: int,
 ) -> Iterator[Delta]:
-    """Text deltas for the tokens a local engine samples (`sampling.Sampled`), cut at a stop
-    token, a stop string, the end of a JSON object or `max_tokens`, then the final delta with
-    finish_reason and usage (shared by local engines). With `params.logprobs` each text delta
-    carries the log-probabilities of the tokens whose text it releases."""
+    """One delta per token a local engine samples (`sampling.Sampled`), with the text it
+    releases (often empty: text is held back for a stop string or a split character, and some
+    tokens decode to nothing), cut at a stop token, a stop string, the end of a JSON object or
+    `max_tokens`, then the final delta with finish_reason and usage (shared by local engines).
+    With `params.logprobs` each text delta carries the log-probabilities of the tokens whose text
+    it releases."""
     detokenizer = IncrementalDetokenizer(tokenizer)
     stops = StopStringFilter(params.stop)
     finish, completion = "length", 0
@@ -222,13 +232,14 @@ def token_deltas(
     for sampled in tokens:
         completion += 1
         if sampled.token_id in stop_ids:
+            yield Delta(tokens=1)  # counted and timed like any token, never shown
             finish = "stop"
             break
         if sampled.logprob is not None:
             pending.append(sampled.logprob)
         text = stops.feed(detokenizer.add(sampled.token_id))
+        yield Delta(text=text, logprobs=(pending or None) if text else None, tokens=1)
         if text:
-            yield Delta(text=text, logprobs=pending or None)
             pending = []
         if stops.stopped or sampled.ends:
             finish = "stop"
