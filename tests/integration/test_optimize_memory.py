@@ -90,3 +90,24 @@ def test_column_chunks_are_even_and_cover_every_column():
     assert chunks[0] == (0, 10) and chunks[-1] == (1000, 1001)
     assert all((stop - start) % 2 == 0 for start, stop in chunks[:-1])
     assert [c for start, stop in chunks for c in range(start, stop)] == list(range(1001))
+
+
+def test_a_build_that_cannot_fit_is_refused_before_any_work(tiny_model, tmp_path, monkeypatch):
+    from slmforge.config.optimize import OptimizeConfig
+    from slmforge.errors import InputError
+    from slmforge.optimize import memory
+    from slmforge.optimize.run import estimate, optimize
+
+    cfg = OptimizeConfig(model=str(tiny_model("llama")), out=tmp_path / "int4")
+    needed = estimate(cfg, tiny_model("llama"))
+    assert needed.verify is not None and needed.total >= needed.build.total > memory.BUILD_RUNTIME
+    monkeypatch.setattr(memory, "available_bytes", lambda device: needed.total - 1)
+    with pytest.raises(InputError, match=r"optimize: this model needs ~.* is available; what "):
+        optimize(cfg)
+    assert list(tmp_path.iterdir()) == []
+    message = ""
+    try:
+        memory.check_optimize_fits(needed, available=needed.build.total // 2)
+    except InputError as exc:
+        message = str(exc)
+    assert "build ~" in message and "verify ~" in message and "GiB is available" in message

@@ -18,7 +18,7 @@ from slmforge import progress
 from slmforge.artifacts import artifact, check_output, source_of
 from slmforge.config.optimize import OptimizeConfig
 from slmforge.optimize import adapters as lora
-from slmforge.optimize import onnx_build, verify
+from slmforge.optimize import memory, onnx_build, verify
 
 
 def optimize(cfg: OptimizeConfig) -> Path:
@@ -27,6 +27,7 @@ def optimize(cfg: OptimizeConfig) -> Path:
     model_type = onnx_build.check_architecture(source)
     onnx_build.check_device(cfg.precision, cfg.device)
     check_output(cfg.out, cfg.force)
+    memory.check_optimize_fits(estimate(cfg, source))
     adapters = cfg.adapters()
     infos = lora.check_adapters(adapters, source)
     prompts = verify.verification_prompts(cfg.verify_data, cfg.verify_prompts)
@@ -64,6 +65,17 @@ def optimize(cfg: OptimizeConfig) -> Path:
         }
     progress.info(f"wrote {cfg.out}")
     return Path(cfg.out)
+
+
+def estimate(cfg: OptimizeConfig, source: Path) -> memory.OptimizeEstimate:
+    """The memory this build will need (optimize/memory.py), from config.json and file sizes."""
+    from slmforge.train.shape import read_shape
+
+    shape = read_shape(str(source), cfg.trust_remote_code)
+    checkpoint = memory.checkpoint_bytes(source)
+    return memory.optimize_estimate(
+        shape, cfg.precision, checkpoint, cfg.verify, cfg.verify_prompts, cfg.verify_tokens
+    )
 
 
 def _build(cfg: OptimizeConfig, source: Path, out: Path, infos: list[lora.AdapterInfo]) -> None:

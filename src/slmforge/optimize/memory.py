@@ -1,0 +1,109 @@
+"""Will `slmforge optimize` fit? Its peak memory from config.json and the checkpoint's size.
+
+Optimize runs in two phases, never both at once (docs/optimize.md, "Memory"):
+  build    the builder subprocess: its runtime, the checkpoint memory-mapped (every page is
+           read once, and resident pages count), the packed int4/int8 weights as they
+           accumulate, the fused attention projections the builder concatenates for families
+           whose checkpoints keep q, k and v apart, one quantization chunk, and an untied
+           embedding cast to fp32 when it is saved.
+  verify   PyTorch over the checkpoint in its own dtype, computing one layer at a time in fp32
+           (the largest layer is the LM head or embedding), and the batch of logits it scores;
+           the ONNX session before it is smaller and is freed first.
+The peak is the larger phase. `slmforge doctor` reports it beside fine-tuning and serving, and
+`slmforge optimize` refuses before any work when it cannot fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmforge.errors import InputError
+from slmforge.train.memory import GIB, MIB, Estimate, available_bytes, gib
+from slmforge.train.shape import ModelShape
+
+BUILD_RUNTIME = 460 * MIB  # python + torch + transformers + onnx-ir + onnxruntime (measured)
+VERIFY_RUNTIME = 520 * MIB  # the same plus onnxruntime-genai and peft (measured)
+CHUNK = 2 * 64 * MIB  # one fp32 column chunk and its copy (optimize/builder_run.py)
+_FUSED_BY_CHECKPOINT = {"phi3"}  # families whose checkpoints already fuse qkv and gate/up
+_VERIFY_PROMPT_TOKENS = 64  # a chat-templated verification prompt, generously
+
+
+@dataclass(frozen=True)
+class OptimizeEstimate:
+    build: Estimate
+    verify: Estimate | None
+
+    @property
+    def total(self) -> int:
+        return max(self.build.total, self.verify.total if self.verify else 0)
+
+    def describe(self) -> str:
+        text = f"build {self.build.describe()}"
+        return text + (f"; verify {self.verify.describe()}" if self.verify else "")
+
+
+def packed_bytes_per_weight(precision: str) -> float:
+    """int4: 4 bits plus an fp32 scale per block of 32; int8: 8 bits plus the same."""
+    bits = {"int4": 4, "int8": 8}[precision]
+    return (bits + 32 / 32) / 8
+
+
+def build_estimate(shape: ModelShape, precision: str, checkpoint: int) -> Estimate:
+    parts = {"runtime": BUILD_RUNTIME, "checkpoint (mapped)": checkpoint}
+    if precision in ("int4", "int8"):
+        head = shape.head_params or shape.embedding_params  # a tied head is quantized apart
+        parts["packed weights"] = int(
+            (shape.layer_linear_params + head) * packed_bytes_per_weight(precision)
+        )
+        parts["chunk"] = CHUNK
+    if shape.model_type not in _FUSED_BY_CHECKPOINT:
+        dtype_bytes = max(1, checkpoint // max(shape.params, 1))
+        q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        parts["fused projections"] = shape.layers * shape.hidden * (q + 2 * kv) * dtype_bytes
+    if not (shape.tied and precision in ("int4", "int8")):
+        parts["embedding (fp32, at save)"] = shape.embedding_params * 4
+    return Estimate(parts)
+
+
+def verify_estimate(shape: ModelShape, checkpoint: int, prompts: int, tokens: int) -> Estimate:
+    per_layer = shape.layer_linear_params // max(shape.layers, 1)
+    largest = max(shape.embedding_params, per_layer)
+    positions = prompts * (_VERIFY_PROMPT_TOKENS + tokens)
+    return Estimate(
+        {
+            "runtime": VERIFY_RUNTIME,
+            "checkpoint (mapped)": checkpoint,
+            "largest layer (fp32)": largest * 4,
+            "logits": positions * shape.vocab * 4 * 2,  # the head's output and its fp32 copy
+        }
+    )
+
+
+def optimize_estimate(
+    shape: ModelShape, precision: str, checkpoint: int, verify: bool, prompts: int, tokens: int
+) -> OptimizeEstimate:
+    return OptimizeEstimate(
+        build_estimate(shape, precision, checkpoint),
+        verify_estimate(shape, checkpoint, prompts, tokens) if verify else None,
+    )
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def check_optimize_fits(estimate: OptimizeEstimate, available: int | None = None) -> None:
+    """Refuse, before any work, a build this machine's memory cannot hold."""
+    available = available_bytes("cpu") if available is None else available
+    if available is None or estimate.total <= available:
+        return
+    hints = []
+    if estimate.verify is not None and estimate.verify.total > estimate.build.total:
+        hints.append(f"--no-verify (the build alone needs ~{gib(estimate.build.total)})")
+    hints.append(f"a machine with {gib(estimate.total + GIB)} or more memory")
+    raise InputError(
+        f"optimize: this model needs ~{gib(estimate.total)} of memory "
+        f"({estimate.describe()}), {gib(available)} is available; what would fit: "
+        + " or ".join(hints)
+    )
