@@ -69,7 +69,8 @@ class OptimizeConfig(StrictModel):
         None,
         ge=0,
         description="Fail above this mean KL divergence from PyTorch's next-token distribution "
-        "(default: fp32 1e-4, fp16 5e-3, int8 0.02, int4 0.15).",
+        "(default: fp32 1e-4, fp16 5e-3, int8 0.02, int4 0.15, or twice the KL of PyTorch with "
+        "its own weights rounded the same way, when that is larger).",
     )
     force: bool = Field(False, description="Replace OUT if it exists.")
     allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) checkpoints.")

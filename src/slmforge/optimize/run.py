@@ -122,8 +122,12 @@ def _verify(
     adapters: dict[str, Path],
     prompts: list[list[dict[str, str]]],
 ) -> dict[str, verify.Parity]:
+    rounding = None
+    if cfg.precision in ("int4", "int8"):
+        bits = 4 if cfg.precision == "int4" else 8
+        rounding = verify.Rounding(bits, cfg.int4_block_size, tied=False)  # tied: read there
     results = verify.verify_build(
-        folder, source, adapters, cfg.merge_adapter, prompts, cfg.verify_tokens
+        folder, source, adapters, cfg.merge_adapter, prompts, cfg.verify_tokens, rounding
     )
     max_kl, min_agreement = cfg.kl_threshold(), cfg.agreement_threshold()
     for label, parity in results.items():
@@ -134,7 +138,7 @@ def _verify(
             f"greedy match {parity.greedy_match:.0%}"
         )
     for label, parity in results.items():
-        verify.check(parity, cfg.precision, max_kl, min_agreement, label)
+        verify.check(parity, cfg.precision, max_kl, min_agreement, label, cfg.max_kl is None)
     return results
 
 
