@@ -17,9 +17,9 @@ import openai
 import pytest
 
 from slmforge.data.sample import write_sample
-from slmforge.serve.deployments import free_port
-from slmforge.serve.store import JobStore
-from slmforge.serve.worker import process_start
+from slmforge.http.binding import free_port
+from slmforge.jobs.store import JobStore
+from slmforge.processes import process_start
 
 pytestmark = pytest.mark.integration
 

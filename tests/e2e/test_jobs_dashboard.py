@@ -9,7 +9,7 @@ import pytest
 
 from slmforge.config.jobs import JobsServeConfig
 from slmforge.data.sample import write_sample
-from slmforge.serve.jobs_server import start_jobs_in_thread
+from slmforge.jobs.server import start_jobs_in_thread
 
 pytestmark = pytest.mark.integration
 

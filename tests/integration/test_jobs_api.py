@@ -18,11 +18,11 @@ import pytest
 from slmforge.cli.main import main
 from slmforge.config.jobs import JobsServeConfig
 from slmforge.data.sample import write_sample
+from slmforge.http.host import RunningServer
+from slmforge.jobs.server import start_jobs_in_thread
+from slmforge.jobs.store import JobStore
+from slmforge.processes import process_start
 from slmforge.serve import deployments
-from slmforge.serve.jobs_server import start_jobs_in_thread
-from slmforge.serve.server import RunningServer
-from slmforge.serve.store import JobStore
-from slmforge.serve.worker import process_start
 
 pytestmark = pytest.mark.integration
 

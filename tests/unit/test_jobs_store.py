@@ -3,15 +3,18 @@ content-addressed blobs, pagination, and the request -> FinetuneConfig mapping."
 
 from __future__ import annotations
 
+import csv
+import io
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from slmforge.serve.errors import APIError
-from slmforge.serve.job_spec import JobRequest, build_config, model_name, resolve_model
-from slmforge.serve.store import JobStore
+from slmforge.http.errors import APIError
+from slmforge.jobs.spec import JobRequest, build_config, model_name, resolve_model
+from slmforge.jobs.store import JobStore
+from slmforge.jobs.worker import metrics_csv
 
 
 def _job(store: JobStore, job_id: str) -> None:
@@ -132,3 +135,53 @@ def test_request_maps_to_finetune_config(tmp_path, tiny_llama: Path) -> None:
         build_config(bad, "ftjob-2", model, files, store, tmp_path, "cpu")
     assert raised.value.param == "hyperparameters.batch_size"
     assert "40 examples" in raised.value.message
+
+
+def test_packed_jobs_count_steps_as_the_trainer_does(tmp_path, tiny_llama: Path) -> None:
+    from slmforge.data.sample import write_sample
+    from slmforge.train.distributed import DistContext
+    from slmforge.train.sft import setup
+
+    store = JobStore(tmp_path / "jobs")
+    content = write_sample(tmp_path / "train.jsonl").read_bytes()
+    examples = len(content.splitlines())
+    files = {
+        "training_file": store.add_file(
+            content, "train.jsonl", "fine-tune", ".jsonl", examples=examples
+        )
+    }
+    hyper = {"n_epochs": 2, "batch_size": 2, "packing": True, "max_seq_len": 256}
+    request = JobRequest(model=str(tiny_llama), training_file="file-x", hyperparameters=hyper)
+    out = tmp_path / "out"
+    cfg, _, total = build_config(request, "ftjob-p", str(tiny_llama), files, store, out, "cpu")
+    # the trainer's own plan of this job: "step n/total" and per-epoch checkpoints must match it
+    plan = setup(cfg, DistContext())
+    assert (total, cfg.save_every) == (plan.total_steps, plan.steps_per_epoch)
+    assert total < 2 * (examples // 2)  # packed rows hold several examples each
+    two = b"\n".join(content.splitlines()[:2]) + b"\n"
+    few = {"training_file": store.add_file(two, "t.jsonl", "fine-tune", ".jsonl", examples=2)}
+    with pytest.raises(APIError) as raised:  # two examples pack into one row: less than a batch
+        build_config(request, "ftjob-q", str(tiny_llama), few, store, tmp_path / "o2", "cpu")
+    assert raised.value.param == "hyperparameters.batch_size"
+    assert "pack into 1 row of" in raised.value.message
+
+
+def test_results_file_has_openai_metric_names() -> None:
+    records = [
+        {"step": 0, "eval_loss": 3.0, "eval_token_accuracy": 0.1},
+        {"step": 1, "loss": 2.0, "token_accuracy": 0.5, "lr": 1e-4},
+        {"step": 1, "eval_loss": 1.5, "eval_token_accuracy": 0.6},
+    ]
+    rows = list(csv.DictReader(io.StringIO(metrics_csv(records).decode())))
+    assert rows == [  # step 0 (the eval before training) is not a training step
+        {
+            "step": "1",
+            "train_loss": "2.0",
+            "train_accuracy": "0.5",
+            "valid_loss": "1.5",
+            "valid_mean_token_accuracy": "0.6",
+            "train_mean_token_accuracy": "0.5",
+            "full_valid_loss": "1.5",
+            "full_valid_mean_token_accuracy": "0.6",
+        }
+    ]

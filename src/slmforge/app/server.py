@@ -2,7 +2,7 @@
 
 Specs are checked before anything loads (a bad `--local` folder or `--cloud` spec is a one-line
 error), the socket is bound next (a port in use is a clear error, `--port 0` works), then the
-engines load and uvicorn serves (`serve/server.py`'s helpers, as for `slmforge serve`).
+engines load and uvicorn serves (`slmforge.http`'s helpers, as for `slmforge serve`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from slmforge.app.router import Router
 from slmforge.app.scoring import PairJudge
 from slmforge.config.app import AppConfig, route_settings
 from slmforge.errors import InputError, SlmforgeError
+from slmforge.http.binding import base_url, bind
+from slmforge.http.host import serve_on, uvicorn_server
 from slmforge.progress import info
 from slmforge.runtime.engine import Engine
 from slmforge.runtime.specs import (
@@ -26,7 +28,6 @@ from slmforge.runtime.specs import (
     load_engine,
     parse_engine_spec,
 )
-from slmforge.serve.server import base_url, bind, serve_on, uvicorn_server
 
 _REMOTE_EXAMPLE = "openai:MODEL@BASE_URL, profile:NAME or deploy:NAME"
 

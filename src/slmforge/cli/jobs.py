@@ -232,17 +232,19 @@ def deploy(
 ) -> None:
     """Deploy a finished job's model; it answers by its ft: name (prints the key once)."""
     from slmforge.config.jobs import JobsServeConfig
-    from slmforge.serve.job_deploy import deploy_job
-    from slmforge.serve.jobs_server import jobs_home
-    from slmforge.serve.store import JobStore
+    from slmforge.jobs.deploy import job_deployment
+    from slmforge.jobs.server import jobs_home
+    from slmforge.jobs.store import JobStore
+    from slmforge.serve import deployments
 
     root = jobs_home(JobsServeConfig(home=home))
     if not (root / "jobs.db").is_file():
         raise InputError(f"no jobs store in {root}; pass the service's --home")
-    deployment, key = deploy_job(JobStore(root), job_id, name)
-    model = JobStore(root).get_job(job_id).fine_tuned_model
+    # the CLI sits above both services, so it is where a finished job becomes a deployment
+    spec = job_deployment(JobStore(root), job_id)
+    deployment, key = deployments.create(name, spec.model, adapters=spec.adapters)
     typer.echo(f"deployment {deployment.name} is up at {deployment.url}")
-    typer.echo(f"model: {model}")
+    typer.echo(f"model: {spec.fine_tuned_model}")
     typer.echo(f"api key (shown once, store it now): {key}")
 
 

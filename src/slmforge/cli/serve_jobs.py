@@ -12,6 +12,6 @@ def register(app: typer.Typer) -> None:
     @model_command(app, "serve-jobs", JobsServeConfig, config_file=True)
     def serve_jobs(cfg: JobsServeConfig) -> None:
         """Serve the OpenAI fine-tuning API locally; jobs train in worker processes."""
-        from slmforge.serve.jobs_server import JobsServer
+        from slmforge.jobs.server import JobsServer
 
         JobsServer(cfg).run()

@@ -138,7 +138,9 @@ SHAPES: dict[str, RealShape] = {
             ),
         ),
         RealShape(
-            "llama-3.2-1b", "llama", "meta-llama/Llama-3.2-1B-Instruct",
+            "llama-3.2-1b",
+            "llama",
+            "meta-llama/Llama-3.2-1B-Instruct",
             _LLAMA32 | dict(num_hidden_layers=16),
         ),
         RealShape(

@@ -21,8 +21,8 @@ from typing import Any
 
 from slmforge import progress
 from slmforge.artifacts import artifact, check_output
-from slmforge.models.chat import format_for_arch
 from slmforge.config.shapes import RealShape, get_shape
+from slmforge.models.chat import format_for_arch
 
 SHARD_BYTES = 2 * 1024**3  # like `save_pretrained(max_shard_size=...)`: a few shards per model
 TOKENIZER_VOCAB = 4096

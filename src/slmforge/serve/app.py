@@ -15,35 +15,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from slmforge import __version__
 from slmforge.config.serve import ServeConfig
 from slmforge.errors import InputError
+from slmforge.http import errors
+from slmforge.http.auth import ApiKeys
+from slmforge.http.errors import APIError
+from slmforge.http.guard import OPEN_PATHS, Guard, GuardPolicy
 from slmforge.runtime.engine import GenParams
 from slmforge.runtime.local import ContextLengthError
-from slmforge.serve import errors
-from slmforge.serve.auth import ApiKeys
-from slmforge.serve.errors import APIError
 from slmforge.serve.filters import ContentFilter, FilterVerdict, NoFilter
 from slmforge.serve.metrics import ServerMetrics
 from slmforge.serve.models import ServedModel
 from slmforge.serve.scheduler import QueueFull, Scheduler
 
-OPEN_PATHS = {"/health", "/metrics"}
 DISCONNECT_POLL_S = 0.25
 
 
 @dataclass
 class ServerState:
     config: ServeConfig
-    keys: ApiKeys
+    guard: GuardPolicy  # keys, body limit and the replica header, enforced by http.Guard
     content_filter: ContentFilter
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     served: ServedModel | None = None
     load_error: str | None = None
     scheduler: Scheduler | None = None
-    replica: str | None = None  # set by Ray Serve replicas; sent as x-slmforge-replica
     router: Any = None  # app.router.Router with --route: it answers chat requests
 
     def ready(self) -> ServedModel:
@@ -160,95 +159,6 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
             task.cancel()
 
 
-class Guard:
-    """ASGI middleware: API key check, body size limit and request counting, for every path."""
-
-    def __init__(self, app: Any, state: ServerState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        status_holder = {"status": 500}
-
-        async def counting_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-                if self.state.replica is not None:
-                    headers = [*message.get("headers", [])]
-                    headers.append((b"x-slmforge-replica", self.state.replica.encode()))
-                    message = {**message, "headers": headers}
-            await send(message)
-
-        try:
-            rejection = self._reject(scope, path)
-            if rejection is None and scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await self._read_body(receive)
-                if body is None:
-                    rejection = self._too_large()
-                else:
-                    receive = _replay(body, receive)
-            if rejection is not None:
-                await rejection(scope, receive, counting_send)
-            else:
-                await self.app(scope, receive, counting_send)
-        finally:
-            if path.startswith("/v1/"):
-                self.state.metrics.count(path, status_holder["status"])
-
-    def _reject(self, scope: Any, path: str) -> Response | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        open_paths = getattr(self.state, "open_paths", OPEN_PATHS)
-        if path not in open_paths and not self.state.keys.allows(headers.get("authorization")):
-            return APIError(
-                401,
-                "Incorrect or missing API key. Pass it as 'Authorization: Bearer KEY'.",
-                code="invalid_api_key",
-            ).response()
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.state.config.max_body_bytes:
-            return self._too_large()
-        return None
-
-    def _too_large(self) -> JSONResponse:
-        limit = self.state.config.max_body_bytes
-        return APIError(413, f"The request body is larger than {limit} bytes.").response()
-
-    async def _read_body(self, receive: Any) -> bytes | None:
-        """The whole body, or None once it passes the limit (a chunked body has no
-        Content-Length to check up front)."""
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(chunks)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.state.config.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    """A receive channel that hands out the buffered body, then the client's later messages
-    (so disconnects are still seen)."""
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 def create_app(
     config: ServeConfig,
     keys: ApiKeys | None = None,
@@ -259,7 +169,9 @@ def create_app(
         from slmforge.safety.filter import SafetyFilter
 
         content_filter = SafetyFilter.from_file(config.safety)
-    state = ServerState(config, keys or ApiKeys([]), content_filter or NoFilter())
+    guard = GuardPolicy(keys or ApiKeys([]), config.max_body_bytes, OPEN_PATHS)
+    state = ServerState(config, guard, content_filter or NoFilter())
+    guard.count = state.metrics.count
     state.served = served
 
     def queue_gauges() -> None:
@@ -278,7 +190,7 @@ def create_app(
     )
     app.state.slmforge = state
     errors.install(app)
-    app.add_middleware(Guard, state=state)
+    app.add_middleware(Guard, policy=guard)
 
     from slmforge.serve.routes import add_routes
 

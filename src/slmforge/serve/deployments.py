@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +30,9 @@ import httpx
 from slmforge.config import parse_adapter_options
 from slmforge.errors import InputError, RunError
 from slmforge.home import slmforge_home
-from slmforge.serve.auth import hashed_line
+from slmforge.http.auth import hashed_line
+from slmforge.http.binding import free_port
+from slmforge.processes import process_start
 from slmforge.serve.models import resolve_engine
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -63,7 +64,7 @@ class Deployment:
     host: str
     port: int
     pid: int | None
-    started: str | None  # the process start time from /proc, to tell our pid from a reused one
+    started: str | None  # processes.process_start: tells our pid from a reused one
     created: float
 
     @property
@@ -122,20 +123,10 @@ def _save(deployment: Deployment) -> None:
         )
 
 
-def _process_start(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), None if there is no process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]  # a zombie has exited
-
-
 def alive(deployment: Deployment) -> bool:
     if deployment.pid is None:
         return False
-    return _process_start(deployment.pid) == deployment.started
+    return process_start(deployment.pid) == deployment.started
 
 
 def status(deployment: Deployment) -> DeploymentStatus:
@@ -158,12 +149,6 @@ def folder(name: str) -> Path:
 
 def log_path(name: str) -> Path:
     return folder(name) / "server.log"
-
-
-def free_port(host: str) -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _launch(deployment: Deployment) -> Deployment:
@@ -198,7 +183,7 @@ def _launch(deployment: Deployment) -> Deployment:
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
     deployment.pid = process.pid
-    deployment.started = _process_start(process.pid)
+    deployment.started = process_start(process.pid)
     _save(deployment)
     return deployment
 

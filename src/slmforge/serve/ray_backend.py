@@ -26,8 +26,8 @@ def replica_app_builder(config_json: str) -> Any:
     """A function Ray calls on each replica to build that replica's app."""
 
     def build() -> Any:
+        from slmforge.http.auth import ApiKeys
         from slmforge.serve.app import create_app
-        from slmforge.serve.auth import ApiKeys
         from slmforge.serve.models import load_served
 
         config = ServeConfig.model_validate_json(config_json)
@@ -42,7 +42,7 @@ def replica_app_builder(config_json: str) -> Any:
         )
         keys = ApiKeys.from_options(config.api_key, config.api_keys_file)
         app = create_app(config, keys, served)
-        app.state.slmforge.replica = f"{os.uname().nodename}:{os.getpid()}"
+        app.state.slmforge.guard.replica = f"{os.uname().nodename}:{os.getpid()}"
         return app
 
     return build

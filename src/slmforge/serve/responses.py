@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
+from slmforge.http.ids import new_id
 from slmforge.runtime.engine import Usage
 
 FINGERPRINT = "fp_slmforge"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def usage_dict(usage: Usage) -> dict[str, int]:
@@ -33,7 +29,7 @@ class Envelope:
     """The fields every object of one response shares."""
 
     def __init__(self, kind: str, model: str) -> None:
-        self.id = new_id("chatcmpl" if kind.startswith("chat") else "cmpl")
+        self.id = new_id("chatcmpl-" if kind.startswith("chat") else "cmpl-")
         self.object = kind
         self.model = model
         self.created = int(time.time())

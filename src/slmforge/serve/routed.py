@@ -19,6 +19,7 @@ from fastapi import Request
 
 from slmforge.app.router import Decision, Event, Part, settled
 from slmforge.errors import InputError
+from slmforge.http.errors import APIError
 from slmforge.runtime.engine import Usage
 from slmforge.serve.app import (
     ReleasingStreamingResponse,
@@ -28,7 +29,6 @@ from slmforge.serve.app import (
     sampling_params,
     until_disconnect,
 )
-from slmforge.serve.errors import APIError
 from slmforge.serve.generation import Recorder
 from slmforge.serve.responses import Envelope, sse, usage_dict
 from slmforge.serve.scheduler import iterate_in_thread

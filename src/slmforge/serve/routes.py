@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from slmforge.errors import InputError
+from slmforge.http.errors import APIError
 from slmforge.runtime.engine import Usage
 from slmforge.runtime.local import ContextLengthError
 from slmforge.serve.app import (
@@ -21,7 +22,6 @@ from slmforge.serve.app import (
     sampling_params,
     until_disconnect,
 )
-from slmforge.serve.errors import APIError
 from slmforge.serve.generation import (
     ChoiceResult,
     Recorder,

@@ -1,120 +1,24 @@
 """Running the server: bind first, load the model in the background, serve with uvicorn.
 
-The socket is bound before anything else, so a port in use is a clear error (uvicorn would
-exit the process), `--port 0` works, and health checks answer 503 while a large model loads.
-`start_in_thread` runs the same server inside this process (tests, the app, benchmarks).
+The socket is bound before anything else (`http.binding`), so a port in use is a clear error,
+`--port 0` works, and health checks answer 503 while a large model loads. `start_in_thread`
+runs the same server inside this process (tests, the app, benchmarks).
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from slmforge.config import parse_adapter_options
 from slmforge.config.serve import ServeConfig
 from slmforge.errors import InputError, RunError
-from slmforge.progress import info, warn
-from slmforge.serve.auth import ApiKeys
+from slmforge.http.auth import ApiKeys
+from slmforge.http.binding import base_url, bind
+from slmforge.http.host import RunningServer, run_in_thread, serve_on, uvicorn_server
+from slmforge.progress import info
 from slmforge.serve.models import ServedModel, load_served, resolve_engine
-
-SHUTDOWN_GRACE_S = 5
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def base_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
-
-
-def uvicorn_server(app: Any) -> Any:
-    """A uvicorn server for `app` that leaves process-wide logging alone."""
-    import uvicorn
-
-    return uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            # uvicorn's own config would reset process-wide logging (and with it
-            # handlers other libraries hold); its warnings reach stderr without it
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-            lifespan="on",
-        )
-    )
-
-
-def serve_on(server: Any, sock: socket.socket, host: str) -> None:
-    """Serve until stopped or Ctrl-C (uvicorn re-raises it after its graceful shutdown)."""
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        warn(f"listening on {host}: reachable from other machines")
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        info("stopped")
-    finally:
-        sock.close()
-
-
-@dataclass
-class RunningServer:
-    """A server running in a thread of this process (tests, the app, benchmarks)."""
-
-    server: Any  # has .url, .stop() and .run()
-    thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def stop(self, timeout: float = 30) -> None:
-        self.server.stop()
-        self.thread.join(timeout)
-
-
-def run_in_thread(server: Any, ready_timeout_s: float, name: str) -> RunningServer:
-    """Start `server.run()` in a thread and wait until its /health answers 200."""
-    import httpx
-
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            server.run()
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if errors:
-            raise errors[0]
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return RunningServer(server, thread)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise RunError(f"the server at {server.url} was not ready within {ready_timeout_s:.0f}s")
 
 
 class Server:

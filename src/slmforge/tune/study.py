@@ -24,6 +24,7 @@ from typing import Any
 
 from slmforge import progress
 from slmforge.errors import ConfigError, InputError, Interrupted, RunError, SlmforgeError
+from slmforge.processes import process_start
 from slmforge.tune.space import Space
 from slmforge.tune.trial import (
     SETTINGS_ATTR,
@@ -148,19 +149,10 @@ def budget(settings: Settings, space: Space) -> int:
 
 
 # -- dead trials -------------------------------------------------------------------------------
-def _process_start(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 def _mark_running(trial: Any) -> None:
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("pid_started", _process_start(os.getpid()))
+    trial.set_user_attr("pid_started", process_start(os.getpid()))
 
 
 def reap_dead_trials(study: Any, settings: Settings) -> int:
@@ -172,7 +164,7 @@ def reap_dead_trials(study: Any, settings: Settings) -> int:
         attrs = trial.user_attrs
         if attrs.get("host") != socket.gethostname() or "pid" not in attrs:
             continue
-        if _process_start(attrs["pid"]) == attrs.get("pid_started"):
+        if process_start(attrs["pid"]) == attrs.get("pid_started"):
             continue  # still running
         retry_later(study, settings, trial, "its process died")
         reaped += 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.artifacts import atomic_file
+from slmforge.http.ids import new_id
 
 ACTIVE = ("validating_files", "queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -56,10 +56,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
 CREATE INDEX IF NOT EXISTS checkpoints_job ON checkpoints (job_id, seq);
 """
-
-
-def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
 
 
 def now() -> int:

@@ -13,16 +13,10 @@ from pathlib import Path
 from slmforge.config.jobs import JobsServeConfig
 from slmforge.errors import MissingDependencyError
 from slmforge.home import slmforge_home
+from slmforge.http.auth import ApiKeys
+from slmforge.http.binding import base_url, bind
+from slmforge.http.host import RunningServer, run_in_thread, serve_on, uvicorn_server
 from slmforge.progress import info
-from slmforge.serve.auth import ApiKeys
-from slmforge.serve.server import (
-    RunningServer,
-    base_url,
-    bind,
-    run_in_thread,
-    serve_on,
-    uvicorn_server,
-)
 
 
 def jobs_home(config: JobsServeConfig) -> Path:
@@ -33,9 +27,9 @@ class JobsServer:
     def __init__(self, config: JobsServeConfig) -> None:
         if importlib.util.find_spec("python_multipart") is None:  # file uploads need it
             raise MissingDependencyError("python-multipart", "serve", "slmforge serve-jobs")
-        from slmforge.serve.jobs_api import create_jobs_app
-        from slmforge.serve.store import JobStore
-        from slmforge.serve.worker import WorkerPool
+        from slmforge.jobs.api import create_jobs_app
+        from slmforge.jobs.store import JobStore
+        from slmforge.jobs.worker import WorkerPool
 
         self.config = config
         self.home = jobs_home(config)

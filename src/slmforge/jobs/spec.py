@@ -4,7 +4,8 @@ The OpenAI hyperparameters (`n_epochs`, `batch_size`, `learning_rate_multiplier`
 or "auto") map onto `FinetuneConfig` fields; slmforge's own training options (`lora_r`,
 `max_steps`, `target_modules`, ...) may be given beside them under the same names as
 `slmforge finetune`'s options. Everything validates through `FinetuneConfig`, so a bad value is
-a 400 that names the field, as in the CLI.
+a 400 that names the field, as in the CLI. Total steps (the events' "step n/total") and the
+per-epoch checkpoints count rows as the trainer does: with `packing`, the packed rows.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slmforge.config import validate
 from slmforge.config.finetune import FinetuneConfig
-from slmforge.errors import ConfigError
-from slmforge.serve.errors import APIError
-from slmforge.serve.store import JobStore
+from slmforge.errors import ConfigError, SlmforgeError
+from slmforge.http.errors import APIError
+from slmforge.jobs.store import JobStore
 
 DEFAULT_EPOCHS = 3
 # The training methods a request's `method.type` may name; "supervised" is LoRA.
@@ -186,12 +187,49 @@ def build_config(
             f"{where}.batch_size",
         )
     cfg = _validated(values, where)
-    steps_per_epoch = max(1, examples // (cfg.batch_size * cfg.grad_accum))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    steps_per_epoch, total = _steps(cfg, examples, where)
     if cfg.save_every is None and total > steps_per_epoch:
         cfg.save_every = steps_per_epoch  # a checkpoint per epoch, as OpenAI keeps them
     public = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": multiplier}
     return cfg, public, total
+
+
+def _steps(cfg: FinetuneConfig, examples: int, where: str) -> tuple[int, int]:
+    """(steps per epoch, total steps), counted as `train.sft.setup` counts them."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    rows = training_rows(cfg, examples)
+    if rows < per_step:
+        rows_text = f"{rows} row" + ("s" if rows != 1 else "")
+        raise _bad(
+            f"The training file's {examples} examples pack into {rows_text} of max_seq_len "
+            f"{cfg.max_seq_len}, fewer than one batch (batch_size {per_step}).",
+            f"{where}.batch_size",
+        )
+    steps_per_epoch = rows // per_step
+    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def training_rows(cfg: FinetuneConfig, examples: int) -> int:
+    """Rows an epoch of `cfg` trains on, as the trainer makes them (`train.sft.load_data`, then
+    `train.collate.pack`): with packing, several examples share a row, so an epoch has fewer
+    steps. Without packing a row is an example, and the upload's count is the answer: tokenizing
+    every job's data here would only tell apart examples the trainer skips (no assistant token
+    within max_seq_len), which it reports in the job's log."""
+    if not cfg.packing:
+        return examples
+    from slmforge.models.load import load_tokenizer
+    from slmforge.train.collate import pack
+    from slmforge.train.sft import load_data
+
+    try:
+        tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except SlmforgeError as exc:
+        raise _bad(str(exc), "model", "invalid_model") from None
+    try:
+        train, _, _ = load_data(cfg.model_copy(update={"eval_data": None}), tokenizer)
+    except SlmforgeError as exc:  # e.g. a model without a chat template and no text_template
+        raise _bad(str(exc), "training_file", "invalid_training_file") from None
+    return len(pack(train, cfg.max_seq_len))
 
 
 def _validated(values: dict[str, Any], where: str) -> FinetuneConfig:

@@ -1,7 +1,7 @@
 """Jobs run in worker processes: a supervisor thread in the server, one process per job.
 
 `WorkerPool` (in the server process) claims queued jobs atomically from the store, one per free
-slot, and starts `python -m slmforge.serve.worker HOME JOB_ID` for each. The process dies with
+slot, and starts `python -m slmforge.jobs.worker HOME JOB_ID` for each. The process dies with
 the server (Linux parent-death signal), so a killed server never leaves training behind; at
 the next start `recover_interrupted` reports those jobs failed or queues them to resume. A
 cancelled job's process is killed; a process that exits without finishing its job marks it
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from slmforge import progress
-from slmforge.serve.store import Job, JobStore
+from slmforge.jobs.store import Job, JobStore
+from slmforge.processes import process_start
 
 POLL_S = 0.2
 KILL_GRACE_S = 2.0
@@ -46,12 +47,25 @@ METRIC_COLUMNS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
 )
+# Columns of OpenAI's results file that repeat a metric under another name.
+CSV_ALIASES = {
+    "train_accuracy": "train_mean_token_accuracy",
+    "full_valid_loss": "valid_loss",
+    "full_valid_mean_token_accuracy": "valid_mean_token_accuracy",
+}
 
 
-def process_start(pid: int) -> str | None:
-    from slmforge.serve.deployments import _process_start
-
-    return _process_start(pid)
+def openai_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """A `metrics.jsonl` record's values under the names OpenAI's events, checkpoints and
+    results file use (a record holds training or validation figures, or both)."""
+    named: dict[str, Any] = {}
+    if "loss" in record:
+        named["train_loss"] = record["loss"]
+        named["train_mean_token_accuracy"] = record["token_accuracy"]
+    if "eval_loss" in record:
+        named["valid_loss"] = record["eval_loss"]
+        named["valid_mean_token_accuracy"] = record["eval_token_accuracy"]
+    return named
 
 
 def _libc_prctl() -> Any:
@@ -148,7 +162,7 @@ class WorkerPool:
     def _launch(self, job: Job) -> Running:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{job.id}.log"
-        command = [sys.executable, "-m", "slmforge.serve.worker", str(self.store.root), job.id]
+        command = [sys.executable, "-m", "slmforge.jobs.worker", str(self.store.root), job.id]
         with open(log, "ab") as handle:
             process = subprocess.Popen(
                 command,
@@ -201,13 +215,8 @@ def metrics_csv(records: list[dict[str, Any]]) -> bytes:
     rows: dict[int, dict[str, Any]] = {}
     for record in records:
         row = rows.setdefault(record["step"], {"step": record["step"]})
-        if "loss" in record:
-            row["train_loss"] = record["loss"]
-            row["train_accuracy"] = row["train_mean_token_accuracy"] = record["token_accuracy"]
-        if "eval_loss" in record:
-            row["valid_loss"] = row["full_valid_loss"] = record["eval_loss"]
-            accuracy = record["eval_token_accuracy"]
-            row["valid_mean_token_accuracy"] = row["full_valid_mean_token_accuracy"] = accuracy
+        row.update(openai_metrics(record))
+        row.update({alias: row[name] for alias, name in CSV_ALIASES.items() if name in row})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -264,12 +273,7 @@ class Watcher:
         for record in self.records:
             if record["step"] > step:
                 break
-            if "loss" in record:
-                metrics["train_loss"] = record["loss"]
-                metrics["train_mean_token_accuracy"] = record["token_accuracy"]
-            if "eval_loss" in record:
-                metrics["valid_loss"] = record["eval_loss"]
-                metrics["valid_mean_token_accuracy"] = record["eval_token_accuracy"]
+            metrics.update(openai_metrics(record))
         return metrics
 
     def checkpoint(self, step: int, path: Path) -> None:
@@ -278,25 +282,14 @@ class Watcher:
 
     def _event(self, record: dict[str, Any]) -> None:
         step, total = record["step"], self.job.total_steps
+        data = {"step": step, "total_steps": total, **openai_metrics(record)}
         if "loss" in record:
-            data = {
-                "step": step,
-                "total_steps": total,
-                "train_loss": record["loss"],
-                "train_mean_token_accuracy": record["token_accuracy"],
-                "learning_rate": record.get("lr"),
-            }
+            data["learning_rate"] = record.get("lr")
             message = (
                 f"Step {step}/{total}: training loss={record['loss']:.4f}, "
                 f"token accuracy={record['token_accuracy']:.3f}"
             )
         else:
-            data = {
-                "step": step,
-                "total_steps": total,
-                "valid_loss": record["eval_loss"],
-                "valid_mean_token_accuracy": record["eval_token_accuracy"],
-            }
             message = f"Step {step}/{total}: validation loss={record['eval_loss']:.4f}"
         self.store.add_event(self.job.id, message, data=data, kind="metrics")
 
@@ -372,7 +365,7 @@ def _trained_tokens(cfg: Any, steps: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m slmforge.serve.worker HOME JOB_ID`; the log file is this process's stderr.
+    """`python -m slmforge.jobs.worker HOME JOB_ID`; the log file is this process's stderr.
 
     An unexpected error has already marked the job failed; its traceback goes to the log."""
     import warnings

@@ -3,9 +3,10 @@
 Objects, statuses, ids, pagination and error objects are shaped as the OpenAI API has them, so
 the official `openai` client (`client.files.create`, `client.fine_tuning.jobs.create`, ...)
 drives it unchanged. Requests only read and write the store (`store.py`); training happens in
-worker processes (`worker.py`), never in this process. Uploaded training data is validated
-with `slmforge data validate`'s checks; a file with errors is kept with status `error` and its
-line-numbered findings, and a job that names it is refused at creation.
+worker processes (`worker.py`), never in this process. `http.Guard` checks keys and the body
+limit before a route or the multipart parser reads anything. Uploaded training data is
+validated with `slmforge data validate`'s checks; a file with errors is kept with status `error`
+and its line-numbered findings, and a job that names it is refused at creation.
 """
 
 from __future__ import annotations
@@ -24,35 +25,27 @@ from fastapi.responses import HTMLResponse, Response
 from slmforge import __version__
 from slmforge.config.jobs import JobsServeConfig
 from slmforge.errors import SlmforgeError
-from slmforge.serve import errors
-from slmforge.serve.auth import ApiKeys
-from slmforge.serve.errors import APIError
-from slmforge.serve.job_spec import (
-    SUFFIX,
-    JobRequest,
-    build_config,
-    model_name,
-    resolve_model,
-)
-from slmforge.serve.metrics import ServerMetrics
-from slmforge.serve.store import SUFFIXES, Job, JobStore, new_id
+from slmforge.http import errors
+from slmforge.http.auth import ApiKeys
+from slmforge.http.errors import APIError
+from slmforge.http.guard import Guard, GuardPolicy
+from slmforge.http.ids import new_id
+from slmforge.jobs.spec import SUFFIX, JobRequest, build_config, model_name, resolve_model
+from slmforge.jobs.store import SUFFIXES, Job, JobStore
 
+# the dashboard page holds no data; its API calls carry the key the user types in
+OPEN_PATHS = frozenset({"/health", "/ui"})
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "user_data", "evals", "assistants")
 MAX_FINDINGS_SHOWN = 10
 
 
 @dataclass
 class JobsState:
-    """What the Guard middleware and the routes share (duck-typed like serve's ServerState)."""
+    """What the routes share."""
 
     config: JobsServeConfig
-    keys: ApiKeys
     store: JobStore
     home: Path
-    metrics: ServerMetrics = dataclasses.field(default_factory=ServerMetrics)
-    replica: str | None = None
-    # the dashboard page holds no data; its API calls carry the key the user types in
-    open_paths: frozenset[str] = frozenset({"/health", "/ui"})
 
 
 # -- OpenAI objects ----------------------------------------------------------------------------
@@ -340,9 +333,7 @@ def create_jobs_app(
     config: JobsServeConfig, keys: ApiKeys, home: Path, pool: Any = None
 ) -> FastAPI:
     """The jobs API app; `pool` (a worker.WorkerPool) is started and stopped with it."""
-    from slmforge.serve.app import Guard
-
-    state = JobsState(config, keys, JobStore(home), home)
+    state = JobsState(config, JobStore(home), home)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -363,7 +354,7 @@ def create_jobs_app(
     )
     app.state.slmforge = state
     errors.install(app)
-    app.add_middleware(Guard, state=state)
+    app.add_middleware(Guard, policy=GuardPolicy(keys, config.max_body_bytes, OPEN_PATHS))
     router = APIRouter()
     add_file_routes(router, state)
     add_job_routes(router, state)
