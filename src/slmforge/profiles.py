@@ -28,15 +28,14 @@ from pydantic import ValidationError
 from slmforge import progress
 from slmforge.artifacts import atomic_file
 from slmforge.config import validation_message
+from slmforge.config.endpoints import LOCAL_KEY, OPENAI_DEFAULT_BASE_URL, check_base_url
 from slmforge.config.profiles import KeySource, Profile, ProfileAddConfig
-from slmforge.errors import ConfigError, InputError, MissingDependencyError, RemoteError
+from slmforge.errors import ConfigError, InputError, MissingDependencyError
 from slmforge.home import slmforge_home
-from slmforge.runtime.specs import OPENAI_DEFAULT_BASE_URL, check_base_url
 
 KEYRING_SERVICE = "slmforge"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TEST_PROMPT = "Reply with the single word OK."
 
 
 @dataclass(frozen=True)
@@ -293,8 +292,6 @@ def _read_key_file(name: str) -> str:
 def resolve_key(name: str, profile: Profile) -> str:
     """The API key of a profile, from wherever the profile keeps it."""
     if profile.key == "none":
-        from slmforge.runtime.remote import LOCAL_KEY
-
         return LOCAL_KEY
     if profile.key == "env":
         var = profile.api_key_env or ""
@@ -334,64 +331,3 @@ def key_available(name: str, profile: Profile) -> bool | None:
     if profile.key == "file":
         return key_file(name).is_file()
     return True if profile.key == "none" else None
-
-
-# -- using a profile ---------------------------------------------------------------------------
-def profile_engine(
-    name: str, model: str | None = None, timeout_s: float = 60.0, max_retries: int = 5
-) -> Any:
-    """A `RemoteEngine` for profile `name`, asking for `model` (default: the profile's)."""
-    from slmforge.runtime.remote import RemoteEngine
-
-    profile = get_profile(name)
-    return RemoteEngine(
-        model or profile.request_model,
-        profile.base_url,
-        api_key=resolve_key(name, profile),
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        api_version=profile.api_version if profile.kind == "azure-openai" else None,
-        name=f"profile:{name}",
-    )
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What one tiny request through a profile showed."""
-
-    name: str
-    model: str
-    base_url: str
-    latency_s: float
-    ttft_s: float | None
-    reply: str
-    completion_tokens: int
-
-
-def probe_profile(name: str, model: str | None = None, timeout_s: float = 30.0) -> ProbeResult:
-    """Send one tiny chat request through profile `name` (`slmforge profile test`)."""
-    from slmforge.runtime.engine import Completion, GenParams, complete
-
-    profile = get_profile(name)
-    engine = profile_engine(name, model, timeout_s=timeout_s, max_retries=0)
-    messages = [{"role": "user", "content": _TEST_PROMPT}]
-    try:
-        answer: Completion = complete(engine, messages, GenParams(max_tokens=8))
-    except RemoteError as err:
-        if err.status in (401, 403):
-            raise RemoteError(
-                f"profile {name!r}: {profile.base_url} rejected the API key "
-                f"(HTTP {err.status}) from {describe_key(name, profile)}; set the right key "
-                f"and run slmforge profile test {name} again",
-                status=err.status,
-            ) from None
-        raise
-    return ProbeResult(
-        name=name,
-        model=engine.model,
-        base_url=profile.base_url,
-        latency_s=answer.timings.total_s,
-        ttft_s=answer.timings.ttft_s,
-        reply=answer.text.strip(),
-        completion_tokens=answer.usage.completion_tokens,
-    )

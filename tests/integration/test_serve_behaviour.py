@@ -4,6 +4,8 @@ the content filter hook, and bad requests that must never become a 500."""
 from __future__ import annotations
 
 import concurrent.futures
+import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from slmforge import progress
 from slmforge.config.serve import ServeConfig
 from slmforge.serve.filters import FilterVerdict
 from slmforge.serve.models import load_served
@@ -138,6 +141,54 @@ def test_client_disconnect_stops_the_generation(served) -> None:
         client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
         assert client.chat.completions.create(model=served.name, messages=ASK, max_tokens=2)
     finally:
+        served.engine = original
+        running.stop()
+
+
+class FailingEngine:
+    """Wraps an engine so a generation fails after its first delta (a stream that has already
+    sent its status line and first chunks when the failure comes)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate_ids(self, prompt, params, adapter=None):
+        def failing():
+            for delta in self.engine.generate_ids(prompt, params, adapter):
+                yield delta
+                raise RuntimeError("the device went away")
+
+        return failing()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_a_failure_mid_stream_is_an_error_event_and_is_logged(served, path) -> None:
+    original, served.engine = served.engine, FailingEngine(served.engine)
+    log = io.StringIO()
+    progress.configure("json", stream=log)
+    running = _start(served)
+    try:
+        body = {"model": served.name, "max_tokens": 20, "stream": True, "temperature": 0}
+        body |= {"messages": ASK} if "chat" in path else {"prompt": "Trains are"}
+        with (
+            httpx.Client(timeout=60) as http,
+            http.stream("POST", f"{running.url}{path}", json=body) as response,
+        ):
+            events = [line for line in response.iter_lines() if line]
+        assert response.status_code == 200
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2].removeprefix("data: "))["error"]
+        assert error["type"] == "server_error" and "while generating" in error["message"]
+        logged = [json.loads(line) for line in log.getvalue().splitlines()]
+        warnings = [e["message"] for e in logged if e.get("level") == "warning"]
+        assert warnings == [
+            f"internal error while streaming {path}: RuntimeError: the device went away"
+        ]
+    finally:
+        progress.configure("plain")
         served.engine = original
         running.stop()
 

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from router_stand_ins import Scripted
 from slmforge.app import api
 from slmforge.app.api import AppState, create_app
-from slmforge.app.router import Router
 from slmforge.app.scoring import PairJudge
 from slmforge.cli.main import main
+from slmforge.routing.router import Router
 from slmforge.runtime.engine import Delta
 from slmforge.runtime.remote import RemoteEngine
 from slmforge.runtime.specs import azure_api_version, default_key_env, parse_engine_spec

@@ -12,9 +12,9 @@ import pytest
 
 from router_stand_ins import Blocking, Scripted
 from slmforge import progress
-from slmforge.app.router import Decision, Part, Router, settled
 from slmforge.config.app import RouteSettings
 from slmforge.errors import InputError, RemoteError
+from slmforge.routing.router import Decision, Part, Router, settled
 from slmforge.runtime.engine import GenParams
 
 ASK = [{"role": "user", "content": "Where should I go in Lisbon?"}]

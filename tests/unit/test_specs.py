@@ -135,3 +135,75 @@ def test_base_plus_adapter_selects_the_adapter(fake_torch_engine, tmp_path) -> N
 def test_missing_adapter_folder_is_an_input_error(fake_torch_engine, tmp_path) -> None:
     with pytest.raises(InputError, match="adapter folder not found"):
         load_engine(f"base-model+{tmp_path / 'nope'}")
+
+
+# -- one set of rules: schemes and local folders ------------------------------------------------
+def test_a_registered_scheme_parses_and_builds(monkeypatch) -> None:
+    from slmforge.runtime import schemes
+
+    built: list[EngineSpec] = []
+
+    def parse(spec: str, rest: str) -> EngineSpec:
+        return EngineSpec("openai", rest, "http://127.0.0.1:9/v1")
+
+    def build(parsed: EngineSpec, remote: schemes.RemoteOptions) -> object:
+        built.append(parsed)
+        return "engine"
+
+    monkeypatch.setitem(schemes._SCHEMES, "lab", schemes.Scheme("lab", "lab:NAME", parse, build))
+    parsed = parse_engine_spec("lab:m1")
+    assert parsed == EngineSpec("openai", "m1", "http://127.0.0.1:9/v1")
+    assert parsed.scheme == "lab"
+    assert load_engine("lab:m1") == "engine" and built == [parsed]
+    with pytest.raises(InputError, match="lab:NAME"):
+        parse_engine_spec("")
+
+
+def test_deploy_scheme_comes_from_its_entry_point() -> None:
+    from slmforge.runtime.schemes import ENTRY_POINT_GROUP, scheme
+
+    deploy = scheme("deploy")
+    assert deploy is not None and deploy.form == "deploy:NAME"
+    with pytest.raises(InputError, match="names no deployment"):
+        parse_engine_spec("deploy:")
+    assert ENTRY_POINT_GROUP == "slmforge.engine_specs"
+
+
+def _adapter_folder(path, base: str):
+    path.mkdir()
+    (path / "adapter_config.json").write_text(f'{{"base_model_name_or_path": "{base}"}}')
+    return path
+
+
+def test_adapter_folder_runs_its_base_with_it(fake_torch_engine, tmp_path) -> None:
+    from slmforge.runtime.local_models import plan_local
+
+    adapter = _adapter_folder(tmp_path / "travel", "org/base")
+    engine = load_engine(str(adapter))
+    assert isinstance(engine, AdapterSelected) and engine.engine.path == "org/base"
+    assert engine.engine.adapter_dirs == {"default": str(adapter)}
+    served = plan_local(str(adapter), select=False)  # a server names it after its folder
+    assert (served.base, served.adapters, served.selected) == (
+        "org/base",
+        {"travel": str(adapter)},
+        None,
+    )
+
+
+def test_local_rules_are_checked_before_loading(tmp_path) -> None:
+    from slmforge.runtime.specs import checked_spec
+
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    (onnx / "genai_config.json").write_text("{}")
+    (onnx / "travel.onnx_adapter").write_bytes(b"")
+    with pytest.raises(InputError, match=r"has no adapter 'nope' \(known: travel\)"):
+        checked_spec(f"{onnx}+nope")
+    assert checked_spec(f"{onnx}+travel").adapter == "travel"
+    with pytest.raises(InputError, match=r"^target t: .*no such model folder"):
+        checked_spec(str(tmp_path / "missing"), "target t")
+    with pytest.raises(InputError, match=r"^--local: no such folder: org/model; .*deploy:NAME"):
+        checked_spec("org/model", "--local", hub=False)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(InputError, match="expected a model folder, not a file"):
+        checked_spec(str(tmp_path / "file.txt"))

@@ -31,13 +31,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import Field
 
 from slmforge import __version__
-from slmforge.app.router import Decision, Event, Part, Router
 from slmforge.app.scoring import PairJudge, similarity_or_reason
 from slmforge.config import StrictModel
 from slmforge.config.app import POLICIES, Policy, RouteSettings
 from slmforge.errors import InputError
+from slmforge.http.streams import iterate_in_thread
+from slmforge.routing.router import Decision, Event, Part, Router
 from slmforge.runtime.engine import GenParams
-from slmforge.serve.scheduler import iterate_in_thread
 
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 

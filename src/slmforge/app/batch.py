@@ -35,9 +35,10 @@ from slmforge.config.evaluate import EvalConfig
 from slmforge.errors import InputError, Interrupted
 from slmforge.evaluate import metrics as registry
 from slmforge.evaluate.partial import claim_partial, partial_dir
-from slmforge.evaluate.runner import bounded, is_remote, open_engine, run_eval
+from slmforge.evaluate.runner import bounded, open_engine, run_eval
 from slmforge.evaluate.stats import bootstrap_mean
 from slmforge.evaluate.summary import redact
+from slmforge.runtime.specs import is_remote
 
 SIDES = ("local", "cloud")
 SPEED = {"ttft_s": "time to first token (s)", "tokens_per_s": "decode tokens/s"}

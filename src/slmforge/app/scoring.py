@@ -1,6 +1,6 @@
 """Comparing the two answers of one question: how similar they are, and which a judge prefers.
 
-Similarity is the cosine of all-MiniLM-L6-v2 embeddings (`evaluate.metrics.embedding_model`,
+Similarity is the cosine of all-MiniLM-L6-v2 embeddings (`models.embeddings.embedding_model`,
 offline). The judge is any engine, asked through eval's `relevance` evaluator for each answer
 (same prompt, cache and reply parser as `slmforge eval`); the higher score is preferred and the
 judge's own reasons say why.
@@ -21,7 +21,7 @@ JUDGE_EVALUATOR = "relevance"
 
 def similarity(first: str, second: str) -> float:
     """Cosine similarity of the two texts' embeddings, in [-1, 1]."""
-    from slmforge.evaluate.metrics import embedding_model
+    from slmforge.models.embeddings import embedding_model
 
     left, right = embedding_model().encode([first, second], normalize_embeddings=True)
     return float(max(min(float((left * right).sum()), 1.0), -1.0))

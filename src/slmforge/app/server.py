@@ -13,37 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.app.api import AppState, create_app
-from slmforge.app.router import Router
 from slmforge.app.scoring import PairJudge
 from slmforge.config.app import AppConfig, route_settings
 from slmforge.errors import InputError, SlmforgeError
 from slmforge.http.binding import base_url, bind
 from slmforge.http.host import serve_on, uvicorn_server
 from slmforge.progress import info
+from slmforge.routing.router import Router
 from slmforge.runtime.engine import Engine
-from slmforge.runtime.specs import (
-    AdapterSelected,
-    EngineSpec,
-    default_key_env,
-    load_engine,
-    parse_engine_spec,
-)
-
-_REMOTE_EXAMPLE = "openai:MODEL@BASE_URL, profile:NAME or deploy:NAME"
+from slmforge.runtime.local_models import unwrap
+from slmforge.runtime.specs import EngineSpec, checked_spec, load_engine
 
 
 def check_spec(option: str, spec: str) -> EngineSpec:
-    """Parse a spec; a local one must name an existing folder (no hub downloads here)."""
-    try:
-        parsed = parse_engine_spec(spec)
-    except InputError as exc:
-        raise InputError(f"--{option}: {exc}") from None
-    if parsed.kind == "local" and not Path(parsed.model).is_dir():
-        raise InputError(
-            f"--{option}: no such folder: {parsed.model}; give an ONNX folder (slmforge "
-            f"optimize), a model or adapter folder, or {_REMOTE_EXAMPLE}"
-        )
-    return parsed
+    """Parse and check a spec (the resolver's rules); a local one must name an existing
+    folder (no hub downloads here)."""
+    return checked_spec(spec, f"--{option}", hub=False)
 
 
 def spec_engine(
@@ -51,9 +36,7 @@ def spec_engine(
 ) -> Engine:
     """The engine of a spec; for openai: specs the key comes from `key_env` (default: the
     spec's usual variable) and `api_version` makes it Azure OpenAI."""
-    if spec.kind != "openai" or spec.profile is not None:
-        return load_engine(spec)  # a profile brings its own key and api-version
-    return load_engine(spec, api_key_env=key_env or default_key_env(spec), api_version=api_version)
+    return load_engine(spec, api_key_env=key_env, api_version=api_version)
 
 
 def cloud_engine(spec: EngineSpec, config: Any) -> Engine:
@@ -65,12 +48,9 @@ def local_engine(spec: EngineSpec) -> tuple[Engine, str | None]:
     """The local engine and the adapter selected by `FOLDER+ADAPTER` (the page may pick
     another one, or the base model)."""
     try:
-        engine = load_engine(spec)
+        return unwrap(load_engine(spec))
     except InputError as exc:
         raise InputError(f"--local: {exc}") from None
-    if isinstance(engine, AdapterSelected):
-        return engine.engine, engine.adapter
-    return engine, None
 
 
 def _content_filter(path: Path | None) -> Any:
@@ -83,7 +63,7 @@ def _content_filter(path: Path | None) -> Any:
 
 def _warm_embeddings() -> None:
     """Load the embedding model in the background, so the first comparison is quick."""
-    from slmforge.evaluate.metrics import embedding_model
+    from slmforge.models.embeddings import embedding_model
 
     with contextlib.suppress(SlmforgeError):  # the page says why similarity is missing
         embedding_model()

@@ -238,24 +238,20 @@ def open_chat(
     """A session with the engine `model` names. `load` adds PyTorch LoRA adapter folders by
     name (the first one answers; `select_adapter` switches); `chat_template` (a file, Jinja
     text or a format name) replaces the model's template."""
-    from slmforge.runtime.specs import AdapterSelected, load_engine, parse_engine_spec
+    from slmforge.runtime.local_models import load_local, plan_local, unwrap
+    from slmforge.runtime.specs import load_engine, parse_engine_spec
 
     if load:
         parsed = parse_engine_spec(model)
-        if parsed.kind != "local" or parsed.adapter or Path(model, "genai_config.json").is_file():
+        plan = plan_local(parsed.model, parsed.adapter) if parsed.kind == "local" else None
+        if plan is None or plan.kind != "torch" or plan.selected is not None:
             raise InputError(
                 f"--adapter NAME=DIR loads PyTorch adapter folders onto a PyTorch model folder; "
                 f"{model} is not one. Pick one of its own adapters with --adapter NAME"
             )
-        from slmforge.runtime.torch_engine import TorchEngine
-
-        engine: Any = TorchEngine(model, adapters=load)
-        default = next(iter(load))
+        engine, default = load_local(plan, adapters=load), next(iter(load))
     else:
-        engine = load_engine(model)
-        default = None
-    if isinstance(engine, AdapterSelected):  # FOLDER+ADAPTER: its adapter, switchable
-        engine, default = engine.engine, engine.adapter
+        engine, default = unwrap(load_engine(model))  # FOLDER+ADAPTER: its adapter, switchable
     if chat_template is not None:
         override_chat_template(engine, chat_template)
     session = ChatSession(engine, params, system=system)

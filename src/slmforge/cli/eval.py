@@ -8,7 +8,6 @@ import typer
 
 from slmforge.cli.options import model_command
 from slmforge.config.evaluate import EvalConfig
-from slmforge.errors import RunError
 
 
 def _print_summary(summary: dict[str, Any], out: str) -> None:
@@ -46,15 +45,8 @@ def register(app: typer.Typer) -> None:
         LLM judge; write rows.jsonl, summary.json, report.html and report.md. Gates from
         --fail-under/--fail-over exit 1 when missed."""
         from slmforge.evaluate.runner import run_eval
+        from slmforge.evaluate.summary import check_gates
 
         result = run_eval(cfg)
         _print_summary(result.summary, str(result.out))
-        failed = result.failed_gates
-        if failed:
-            missed = "; ".join(
-                f"{g['target']} {g['metric']} = "
-                f"{'n/a' if g['value'] is None else format(g['value'], '.4g')} "
-                f"({'below' if g['direction'] == 'under' else 'above'} {g['threshold']:g})"
-                for g in failed
-            )
-            raise RunError(f"{len(failed)} gate(s) failed: {missed} (report in {result.out})")
+        check_gates(result.summary, result.out)

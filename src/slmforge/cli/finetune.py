@@ -32,31 +32,15 @@ def register(app: typer.Typer) -> None:
     @model_command(app, "finetune", FinetuneConfig, config_file=True)
     def finetune(cfg: FinetuneConfig) -> None:
         """Fine-tune a causal LM with LoRA, QLoRA, DoRA or full SFT (assistant-only loss)."""
-        from slmforge.train.distributed import launch_finetune, under_launcher
-
-        if cfg.nproc > 1 and not under_launcher():
-            launch_finetune(cfg)
-            _summary(cfg.out)
-            return
-        from slmforge.train.sft import finetune as run_finetune
+        from slmforge.train.run import run_finetune
 
         out = run_finetune(cfg)
-        from slmforge.train.distributed import DistContext
-
-        if DistContext.from_env().is_main:
+        if out is not None:
             _summary(out)
 
     @model_command(app, "merge", MergeConfig)
     def merge(cfg: MergeConfig) -> None:
         """Merge an adapter into its base model and write a full model folder."""
-        from slmforge.train.merge import merge_adapter
+        from slmforge.train.run import run_merge
 
-        merge_adapter(
-            cfg.adapter,
-            cfg.out,
-            base=cfg.base,
-            dtype=cfg.dtype,
-            force=cfg.force,
-            allow_pickle=cfg.allow_pickle,
-            trust_remote_code=cfg.trust_remote_code,
-        )
+        run_merge(cfg)

@@ -92,7 +92,7 @@ def test(
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the answer."),
 ) -> None:
     """Send one tiny request through a profile; show the model, latency and reply."""
-    from slmforge.profiles import probe_profile
+    from slmforge.runtime.profile_scheme import probe_profile
 
     result = probe_profile(name, model, timeout_s=timeout)
     ttft = f", first token {result.ttft_s * 1000:.0f} ms" if result.ttft_s is not None else ""

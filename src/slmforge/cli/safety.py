@@ -28,7 +28,7 @@ def scan(cfg: SafetyScanConfig) -> None:
     from rich.table import Table
 
     from slmforge.evaluate.report import fmt_estimate
-    from slmforge.safety.scan import run_scan
+    from slmforge.evaluate.safety_scan import run_scan
 
     result = run_scan(cfg)
     summary = result.summary

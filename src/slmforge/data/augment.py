@@ -30,18 +30,23 @@ from pathlib import Path
 from typing import Any
 
 from slmforge import progress
-from slmforge.artifacts import atomic_file, source_of
+from slmforge.artifacts import source_of
 from slmforge.config.data import AugmentConfig, ReadOptions
+from slmforge.data import resumable
 from slmforge.data.dedupe import Embedder, NearDuplicates
 from slmforge.data.formats import WRITERS, Example, read_examples, write_examples
 from slmforge.data.noise import noisy
 from slmforge.data.replies import MAX_TEXT_CHARS, parse_strings, parse_turn
-from slmforge.data.synth import check_resumable_output
+from slmforge.data.resumable import (
+    check_resumable_output,
+    load_state,
+    repair_last_line,
+    save_state,
+)
 from slmforge.errors import ConfigError, InputError, Interrupted, RemoteError
 from slmforge.runtime.engine import Engine, GenParams, Message, complete
 
 STATE_SUFFIX = ".augment.json"
-STATE_VERSION = 1
 TEACHER_STRATEGIES = ("paraphrase", "multi_turn", "back_translation")
 NOISE_ATTEMPTS = 5
 _IDENTITY = (
@@ -94,8 +99,7 @@ class _Budget(Exception):
 
 
 def state_path_for(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + STATE_SUFFIX)
+    return resumable.state_path_for(out, STATE_SUFFIX)
 
 
 def augment(
@@ -405,50 +409,29 @@ def _novel_text(example: Example) -> str:
 
 # -- output and state --------------------------------------------------------------------------
 def _read_existing(out: Path, skip: int) -> list[Example]:
-    """The rows this run added to `out` (after the `skip` originals); a last line cut off by a
-    crash is removed first."""
-    data = out.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with open(out, "r+b") as handle:
-            handle.truncate(keep)
-        progress.warn(f"{out}: removed a last line cut off mid-write ({len(data) - keep} bytes)")
+    """The rows this run added to `out` (after the `skip` originals), once a last line cut off
+    by a crash is repaired."""
+    repair_last_line(out)
     if not out.read_bytes().strip():
         return []
     return read_examples(out)[skip:]
 
 
 def _load_state(path: Path, options: dict[str, Any]) -> _State | None:
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        saved, next_unit = data["options"], int(data["next_unit"])
-        requests, dropped = int(data["requests"]), Counter(data["dropped"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(
-            f"{path}: unreadable augment state ({exc.__class__.__name__}); pass --force to "
-            "start over"
-        ) from None
-    changed = sorted(k for k in options.keys() | saved.keys() if saved.get(k) != options.get(k))
-    if changed:
-        raise ConfigError(
-            f"{path}: the run was started with different {', '.join(changed)}; "
-            "resume with the same options or pass --force to start over"
-        )
-    return _State(options, next_unit, requests, dropped)
+    def fields(data: dict[str, Any]) -> _State:
+        next_unit, requests = int(data["next_unit"]), int(data["requests"])
+        return _State(options, next_unit, requests, Counter(data["dropped"]))
+
+    return load_state(path, options, "augment", fields)
 
 
 def _save_state(path: Path, state: _State) -> None:
-    data = {
-        "version": STATE_VERSION,
-        "options": state.options,
-        "next_unit": state.next_unit,
-        "requests": state.requests,
-        "dropped": dict(state.dropped),
-    }
-    with atomic_file(path, force=True) as temp, open(temp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    save_state(
+        path,
+        {
+            "options": state.options,
+            "next_unit": state.next_unit,
+            "requests": state.requests,
+            "dropped": dict(state.dropped),
+        },
+    )

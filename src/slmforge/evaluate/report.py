@@ -43,14 +43,6 @@ def fmt_p(p: float) -> str:
     return f"{p:.4f}"
 
 
-def _perf_unit(key: str) -> str:
-    return {
-        "tokens_per_s": "tokens/s",
-        "prompt_tokens": "tokens",
-        "completion_tokens": "tokens",
-    }.get(key, "s")
-
-
 def finding_text(f: dict[str, Any], unit: str) -> str:
     d = f["diff"]
     return (

@@ -32,6 +32,7 @@ from slmforge.evaluate.dataset import EvalRow, read_rows
 from slmforge.evaluate.partial import Answer, PartialRun, answer_key
 from slmforge.evaluate.summary import check_gate_names, redact, summarize
 from slmforge.runtime.engine import Engine, GenParams, complete
+from slmforge.runtime.specs import checked_spec, is_remote, load_engine
 
 PROBE = [{"role": "user", "content": "Reply with OK."}]
 PROBE_RETRIES = 1
@@ -117,29 +118,9 @@ def _check_references(path: Path, rows: list[EvalRow], metrics: list[registry.Me
         )
 
 
-def is_remote(spec: str) -> bool:
-    from slmforge.runtime.specs import parse_engine_spec
-
-    return parse_engine_spec(spec).kind != "local"
-
-
-def _check_local(name: str, spec: str) -> None:
-    """A local spec's folders exist (a hub id is left to the loader)."""
-    from slmforge.runtime.specs import parse_engine_spec
-
-    parsed = parse_engine_spec(spec)
-    base = Path(parsed.model).expanduser()
-    looks_like_path = parsed.model.startswith((".", "/", "~")) or parsed.model.count("/") > 1
-    if not base.exists() and looks_like_path:
-        raise InputError(f"target {name}: no such model folder {parsed.model}")
-    onnx = (base / "genai_config.json").is_file()
-    if parsed.adapter and not onnx and not Path(parsed.adapter).is_dir():
-        raise InputError(f"target {name}: no such adapter folder {parsed.adapter}")
-
-
 def _check_target(target: TargetSpec, cfg: EvalConfig) -> Target:
     if not is_remote(target.spec):
-        _check_local(target.name, target.spec)
+        checked_spec(target.spec, f"target {target.name}")  # folders, engine, adapters
         return Target(target.name, target.spec, remote=False)
     engine = open_engine(target.spec, f"target {target.name}", cfg)
     return Target(target.name, target.spec, remote=True, engine=engine)
@@ -147,8 +128,6 @@ def _check_target(target: TargetSpec, cfg: EvalConfig) -> Target:
 
 def open_engine(spec: str, label: str, cfg: EvalConfig) -> Engine:
     """The engine for `spec`; a remote one must answer a one-token request first."""
-    from slmforge.runtime.specs import load_engine
-
     if not is_remote(spec):
         return load_engine(spec, device=cfg.device)
     remote = {"api_key_env": cfg.api_key_env}
@@ -172,8 +151,6 @@ def _answer_rows(
     if todo:
         engine = target.engine
         if engine is None:
-            from slmforge.runtime.specs import load_engine
-
             progress.info(f"loading {target.name} ({target.spec})")
             engine = load_engine(target.spec, device=cfg.device)
 

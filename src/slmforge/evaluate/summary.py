@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmforge.config.evaluate import EvalConfig, Gate
-from slmforge.errors import InputError
+from slmforge.errors import InputError, RunError
 from slmforge.evaluate import stats
 
 if TYPE_CHECKING:
@@ -252,3 +253,18 @@ def evaluate_gates(gates: list[tuple[str, Gate]], summary: dict[str, Any]) -> li
                 }
             )
     return checked
+
+
+def check_gates(summary: dict[str, Any], out: Path) -> None:
+    """Raise `RunError` naming each missed gate with its value and threshold; `slmforge eval`
+    and a workflow's eval stage fail the same way."""
+    failed = [g for g in summary["gates"] if not g["passed"]]
+    if not failed:
+        return
+    missed = "; ".join(
+        f"{g['target']} {g['metric']} = "
+        f"{'n/a' if g['value'] is None else format(g['value'], '.4g')} "
+        f"({'below' if g['direction'] == 'under' else 'above'} {g['threshold']:g})"
+        for g in failed
+    )
+    raise RunError(f"{len(failed)} gate(s) failed: {missed} (report in {out})")

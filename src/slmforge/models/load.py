@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from slmforge.artifacts import read_manifest
 from slmforge.errors import InputError, ModelError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -36,22 +37,40 @@ _DTYPE_BYTES = {
 _SAFETENSORS_TO_TORCH = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 
 
+def looks_like_path(spec: str | Path) -> bool:
+    """Whether `spec` names a local path rather than a hub id (`org/name`)."""
+    text = str(spec)
+    return (
+        isinstance(spec, Path)
+        or text.startswith((".", "/", "~"))
+        or text.count("/") > 1
+        or "\\" in text
+        or Path(text).expanduser().exists()
+    )
+
+
 def _local_folder(spec: str | Path) -> Path | None:
     """The folder `spec` names, None for a hub id; a path-like spec that is missing is an error."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
-    text = str(spec)
-    looks_like_path = (
-        isinstance(spec, Path)
-        or text.startswith((".", "/", "~"))
-        or text.count("/") > 1
-        or "\\" in text
-        or path.exists()
-    )
-    if looks_like_path:
+    if looks_like_path(spec):
         raise ModelError(f"{spec}: no such model folder (and not a hub id like 'org/name')")
     return None
+
+
+def adapter_base(adapter: Path) -> str:
+    """The base model an adapter folder was trained on, from its manifest or
+    adapter_config.json (here, below `runtime`, so the engine resolver can read it)."""
+    manifest = read_manifest(adapter)
+    if manifest and "base_model" in manifest.source:
+        return manifest.source["base_model"].path
+    config = adapter / "adapter_config.json"
+    if config.is_file():
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if base:
+            return str(base)
+    raise InputError(f"{adapter}: no base model recorded; pass --base")
 
 
 def _safetensors_files(folder: Path) -> list[Path]:

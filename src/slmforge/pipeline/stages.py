@@ -108,28 +108,15 @@ def _tune(cfg: TuneConfig) -> None:
 
 
 def _finetune(cfg: FinetuneConfig) -> None:
-    if cfg.nproc > 1:
-        from slmforge.train.distributed import launch_finetune
+    from slmforge.train.run import run_finetune
 
-        launch_finetune(cfg)
-        return
-    from slmforge.train.sft import finetune
-
-    finetune(cfg)
+    run_finetune(cfg)
 
 
 def _merge(cfg: MergeConfig) -> None:
-    from slmforge.train.merge import merge_adapter
+    from slmforge.train.run import run_merge
 
-    merge_adapter(
-        cfg.adapter,
-        cfg.out,
-        base=cfg.base,
-        dtype=cfg.dtype,
-        force=cfg.force,
-        allow_pickle=cfg.allow_pickle,
-        trust_remote_code=cfg.trust_remote_code,
-    )
+    run_merge(cfg)
 
 
 def _optimize(cfg: OptimizeConfig) -> None:
@@ -140,11 +127,10 @@ def _optimize(cfg: OptimizeConfig) -> None:
 
 def _eval(cfg: EvalConfig) -> None:
     from slmforge.evaluate.runner import run_eval
+    from slmforge.evaluate.summary import check_gates
 
-    failed = run_eval(cfg).failed_gates
-    if failed:
-        names = ", ".join(f"{g['target']} {g['metric']}" for g in failed)
-        raise RunError(f"{len(failed)} gate(s) failed: {names} (report in {cfg.out})")
+    result = run_eval(cfg)
+    check_gates(result.summary, result.out)
 
 
 def _deploy(cfg: DeployStageConfig) -> None:

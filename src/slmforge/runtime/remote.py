@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
+from slmforge.config.endpoints import LOCAL_KEY
 from slmforge.errors import InputError, RemoteError
 from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, Usage
 
@@ -32,7 +33,6 @@ _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _RETRY_STATUSES = {408, 409, 429}
 _KEY_PATTERN = re.compile(r"\b(sk-|Bearer\s+)[A-Za-z0-9_\-*.]{4,}")
 _MAX_DETAIL_CHARS = 300
-LOCAL_KEY = "none"  # local servers accept any key; the client insists on one
 
 
 def is_local_url(base_url: str) -> bool:

@@ -1,4 +1,4 @@
-"""Engine specs as users type them, and the engines they name.
+"""The one resolver: engine specs as users type them, and the engines they name.
 
 ```
 openai:MODEL@BASE_URL     any OpenAI-compatible endpoint (openai:travel@http://127.0.0.1:8000/v1)
@@ -9,54 +9,69 @@ openai:DEPLOYMENT@https://RESOURCE.openai.azure.com
 profile:NAME[:MODEL]      a cloud profile (`slmforge profile add`): its URL, model and key
 deploy:NAME[:ADAPTER]     a local deployment (`slmforge deploy create`); key from
                           $SLMFORGE_API_KEY
-PATH_OR_HUB_ID            a local model folder or hub id, run with PyTorch
-PATH+ADAPTER_DIR          a base model plus one LoRA adapter, selected for every request
+PATH_OR_HUB_ID            a local model folder or hub id (see `runtime/local_models.py`)
+PATH+ADAPTER              a base model plus one adapter, selected for every request
 ```
+
+Every entry point (chat, eval, app, serve --route, data synth, tune, safety) goes through
+`parse_engine_spec` / `checked_spec` / `load_engine`, so a spec means the same everywhere.
+`SCHEME:` prefixes other than `openai:` come from a registry (`register_scheme`): `profile:` is
+built in (`runtime/profile_scheme.py`, over the profile store below `runtime`); packages above
+`runtime` add theirs through the `slmforge.engine_specs` entry point group (`deploy:` from
+`serve.deployments`), loaded the first time an unknown scheme is met, so `runtime` never imports
+a higher layer and a spec works whatever was imported first.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from slmforge.config.endpoints import OPENAI_DEFAULT_BASE_URL, check_base_url
 from slmforge.errors import InputError
-from slmforge.runtime.engine import Engine, GenParams, Message
-
-OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_ADAPTER = "default"
-_FORMS = (
-    "use openai:MODEL@BASE_URL, openai:MODEL, profile:NAME, deploy:NAME, a model folder or "
-    "hub id, "
-    "or PATH+ADAPTER_DIR"
+from slmforge.runtime.engine import Engine
+from slmforge.runtime.local_models import DEFAULT_ADAPTER, AdapterSelected, load_local, plan_local
+from slmforge.runtime.profile_scheme import PROFILE_SCHEME
+from slmforge.runtime.schemes import (
+    EngineSpec,
+    RemoteOptions,
+    Scheme,
+    register_scheme,
+    remote_forms,
+    scheme,
 )
+
+__all__ = [
+    "DEFAULT_ADAPTER",
+    "DEPLOYMENT_KEY_ENV",
+    "OPENAI_DEFAULT_BASE_URL",
+    "AdapterSelected",
+    "EngineSpec",
+    "RemoteOptions",
+    "Scheme",
+    "check_base_url",
+    "checked_spec",
+    "is_remote",
+    "load_engine",
+    "parse_engine_spec",
+    "register_scheme",
+]
+
+DEPLOYMENT_KEY_ENV = "SLMFORGE_API_KEY"  # the key slmforge's own servers are called with
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]+):")
 
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """A parsed spec: `kind` "openai" (model + base_url, and the cloud `profile` that gave
-    them, if any) or "local" (model path + adapter)."""
-
-    kind: Literal["openai", "local"]
-    model: str
-    base_url: str | None = None
-    adapter: str | None = None
-    profile: str | None = None
-    key_env: str | None = None  # where the key comes from when the spec implies one
+register_scheme(PROFILE_SCHEME)
 
 
-def check_base_url(url: str, label: str, example: str = OPENAI_DEFAULT_BASE_URL) -> str:
-    """`url` without a trailing slash, or an InputError saying what a base URL looks like."""
-    url = url.strip().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", url) or any(c.isspace() for c in url):
-        raise InputError(
-            f"{label}: base URL {url!r} must start with http:// or https://, e.g. {example}"
-        )
-    return url
+def _forms() -> str:
+    forms = remote_forms()
+    return f"use {forms[0]}, openai:MODEL, {', '.join(forms[1:])}, a model folder or hub id, " + (
+        "or PATH+ADAPTER_DIR"
+    )
 
 
 def parse_engine_spec(spec: str, env: Mapping[str, str] | None = None) -> EngineSpec:
@@ -64,20 +79,20 @@ def parse_engine_spec(spec: str, env: Mapping[str, str] | None = None) -> Engine
     env = os.environ if env is None else env
     text = spec.strip()
     if not text:
-        raise InputError(f"empty engine spec; {_FORMS}")
+        raise InputError(f"empty engine spec; {_forms()}")
     if text.startswith("openai:"):
         return _parse_openai(spec, text.removeprefix("openai:"), env)
-    if text.startswith("profile:"):
-        return _parse_profile(text.removeprefix("profile:"))
-    if text.startswith("deploy:"):
-        return _parse_deployment(spec, text.removeprefix("deploy:"))
+    prefix = _SCHEME.match(text)
+    registered = scheme(prefix.group(1)) if prefix else None
+    if registered is not None:
+        parsed = registered.parse(spec, text[prefix.end() :])  # type: ignore[union-attr]
+        return replace(parsed, scheme=registered.name)
     if Path(text).exists():
         return EngineSpec(kind="local", model=text)
-    scheme = _SCHEME.match(text)
-    if scheme and scheme.group(1) in ("http", "https"):
+    if prefix and prefix.group(1) in ("http", "https"):
         raise InputError(f"engine spec {spec!r} is a URL; did you mean openai:MODEL@{text}?")
-    if scheme:
-        raise InputError(f"unknown engine kind {scheme.group(1)!r} in {spec!r}; {_FORMS}")
+    if prefix:
+        raise InputError(f"unknown engine kind {prefix.group(1)!r} in {spec!r}; {_forms()}")
     return _parse_local(spec, text)
 
 
@@ -92,33 +107,6 @@ def _parse_openai(spec: str, rest: str, env: Mapping[str, str]) -> EngineSpec:
     return EngineSpec(kind="openai", model=model, base_url=url)
 
 
-def _parse_profile(rest: str) -> EngineSpec:
-    """`NAME` or `NAME:MODEL` (profile names have no colon; model names may)."""
-    from slmforge.profiles import get_profile
-
-    name, _, model = rest.partition(":")
-    profile = get_profile(name.strip())
-    model = model.strip() or profile.request_model
-    return EngineSpec(kind="openai", model=model, base_url=profile.base_url, profile=name.strip())
-
-
-DEPLOYMENT_KEY_ENV = "SLMFORGE_API_KEY"
-
-
-def _parse_deployment(spec: str, rest: str) -> EngineSpec:
-    """`NAME` (the base model) or `NAME:ADAPTER` of a deployment in the local registry."""
-    from slmforge.serve.deployments import get
-
-    name, _, adapter = rest.partition(":")
-    if not name.strip():
-        raise InputError(f"engine spec {spec!r} names no deployment; e.g. deploy:travel-bot")
-    deployment = get(name.strip())
-    model = adapter.strip() or deployment.name
-    return EngineSpec(
-        kind="openai", model=model, base_url=deployment.url, key_env=DEPLOYMENT_KEY_ENV
-    )
-
-
 def _parse_local(spec: str, text: str) -> EngineSpec:
     if "+" not in text:
         return EngineSpec(kind="local", model=text)
@@ -129,21 +117,34 @@ def _parse_local(spec: str, text: str) -> EngineSpec:
     return EngineSpec(kind="local", model=base.strip(), adapter=adapter.strip())
 
 
-class AdapterSelected:
-    """An engine that uses `adapter` for requests that name none (for PATH+ADAPTER_DIR)."""
+def is_remote(spec: str | EngineSpec) -> bool:
+    """Whether a spec names an endpoint (anything but a local model)."""
+    parsed = parse_engine_spec(spec) if isinstance(spec, str) else spec
+    return parsed.kind != "local"
 
-    def __init__(self, engine: Any, adapter: str) -> None:
-        self.engine = engine
-        self.adapter = adapter
-        self.name = f"{engine.name}+{adapter}"
 
-    def chat(
-        self, messages: list[Message], params: GenParams, adapter: str | None = None
-    ) -> Iterator[Any]:
-        return self.engine.chat(messages, params, adapter or self.adapter)
+def checked_spec(spec: str, label: str | None = None, *, hub: bool = True) -> EngineSpec:
+    """Parse a spec and check what can be checked before loading anything (a local spec's
+    folders, engine and adapters); errors start with `label: ` (`--local`, `target base`).
+    With `hub=False` a local spec must be an existing folder (no downloads)."""
+    try:
+        parsed = parse_engine_spec(spec)
+        if parsed.kind == "local":
+            if not hub and not Path(parsed.model).is_dir():
+                raise InputError(
+                    f"no such folder: {parsed.model}; give an ONNX folder (slmforge optimize), "
+                    f"a model or adapter folder, or {_or_list(remote_forms())}"
+                )
+            plan_local(parsed.model, parsed.adapter)
+    except InputError as exc:
+        if label is None:
+            raise
+        raise InputError(f"{label}: {exc}") from None
+    return parsed
 
-    def adapters(self) -> list[str]:
-        return self.engine.adapters()
+
+def _or_list(items: list[str]) -> str:
+    return f"{', '.join(items[:-1])} or {items[-1]}" if len(items) > 1 else "".join(items)
 
 
 AZURE_HOST_SUFFIXES = (
@@ -183,64 +184,40 @@ def load_engine(
     spec: str | EngineSpec,
     *,
     api_key: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
+    api_key_env: str | None = None,
     timeout_s: float = 60.0,
     max_retries: int = 5,
     api_version: str | None = None,
     **local_options: Any,
 ) -> Engine:
-    """Build the engine a spec names. Remote options apply to openai: and profile: specs (a
-    profile brings its own key and api-version, so `api_key`/`api_key_env`/`api_version` do
-    not apply to it); `api_version` (or $OPENAI_API_VERSION for an Azure endpoint) makes an
-    openai: spec talk Azure OpenAI; `local_options` go to `TorchEngine` for local models."""
+    """Build the engine a spec names. Remote options apply to remote specs (a profile brings
+    its own key and api-version); the key comes from `api_key`, else the spec's own variable
+    (deploy:), else `api_key_env`, else `default_key_env`; `api_version` (or
+    $OPENAI_API_VERSION for an Azure endpoint) makes an openai: spec talk Azure OpenAI;
+    `local_options` go to `TorchEngine` for local models."""
     parsed = parse_engine_spec(spec) if isinstance(spec, str) else spec
-    if parsed.profile is not None:
-        from slmforge.profiles import profile_engine
-
-        return profile_engine(
-            parsed.profile, parsed.model, timeout_s=timeout_s, max_retries=max_retries
-        )
-    if parsed.kind == "openai":
-        from slmforge.runtime.remote import RemoteEngine
-
-        base_url = parsed.base_url or OPENAI_DEFAULT_BASE_URL
-        return RemoteEngine(
-            parsed.model,
-            base_url,
-            api_key=api_key,
-            api_key_env=parsed.key_env or api_key_env,
-            timeout_s=timeout_s,
-            max_retries=max_retries,
-            api_version=azure_api_version(base_url, api_version),
-        )
-    return _local_engine(parsed, local_options)
+    if parsed.kind == "local":
+        return load_local(plan_local(parsed.model, parsed.adapter), **local_options)
+    remote = RemoteOptions(api_key, api_key_env, timeout_s, max_retries, api_version)
+    registered = scheme(parsed.scheme) if parsed.scheme else None
+    if registered is None and parsed.profile is not None:  # an EngineSpec built by hand
+        registered = scheme("profile")
+    if registered is not None and registered.build is not None:
+        return registered.build(parsed, remote)
+    return openai_engine(parsed, remote)
 
 
-def _local_engine(parsed: EngineSpec, local_options: dict[str, Any]) -> Engine:
-    """An ONNX folder (genai_config.json) -> OnnxEngine; an adapter folder -> its base with it;
-    any other folder or hub id -> TorchEngine. `+ADAPTER` selects or loads an adapter."""
-    folder = Path(parsed.model)
-    if (folder / "genai_config.json").is_file():
-        from slmforge.runtime.onnx_engine import OnnxEngine
+def openai_engine(parsed: EngineSpec, remote: RemoteOptions) -> Engine:
+    """An OpenAI client for a spec's URL and model."""
+    from slmforge.runtime.remote import RemoteEngine
 
-        engine: Any = OnnxEngine(folder)
-        if parsed.adapter is None:
-            return engine
-        if parsed.adapter not in engine.adapters():
-            known = ", ".join(engine.adapters()) or "none"
-            raise InputError(f"{folder} has no adapter {parsed.adapter!r} (known: {known})")
-        return AdapterSelected(engine, parsed.adapter)
-    # imported here so remote use never pays for (or needs) torch
-    from slmforge.runtime.torch_engine import TorchEngine
-
-    base, adapter = parsed.model, parsed.adapter
-    if adapter is None and (folder / "adapter_config.json").is_file():
-        from slmforge.train.merge import base_of
-
-        base, adapter = base_of(folder), str(folder)
-    if adapter is None:
-        return TorchEngine(base, **local_options)
-    if not Path(adapter).is_dir():
-        raise InputError(f"adapter folder not found: {adapter}")
-    engine = TorchEngine(base, adapters={DEFAULT_ADAPTER: adapter}, **local_options)
-    return AdapterSelected(engine, DEFAULT_ADAPTER)
+    base_url = parsed.base_url or OPENAI_DEFAULT_BASE_URL
+    return RemoteEngine(
+        parsed.model,
+        base_url,
+        api_key=remote.api_key,
+        api_key_env=parsed.key_env or remote.api_key_env or default_key_env(parsed),
+        timeout_s=remote.timeout_s,
+        max_retries=remote.max_retries,
+        api_version=azure_api_version(base_url, remote.api_version),
+    )

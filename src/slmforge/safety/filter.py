@@ -24,7 +24,7 @@ from slmforge.safety.classifiers.base import (
     band,
     make_classifier,
 )
-from slmforge.serve.filters import FilterVerdict
+from slmforge.safety.verdicts import FilterVerdict
 
 DETECTION_CATEGORIES = ("jailbreak",)  # reported as detected/filtered, like prompt shields
 

@@ -6,6 +6,10 @@ it in `<slmforge home>/deployments/registry.db` (WAL mode, one transaction per c
 key is generated, shown once, and kept only as a SHA-256 line in the deployment's keys file.
 Health is never taken from the registry alone: `status` checks the process (pid plus its start
 time, so a reused pid is not mistaken for ours) and asks `/health`.
+
+`deploy:NAME[:ADAPTER]` engine specs come from here: `DEPLOY_SCHEME` is declared as an entry
+point of the `slmforge.engine_specs` group (pyproject.toml), so the resolver in `runtime` finds
+it without importing `serve`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from slmforge.home import slmforge_home
 from slmforge.http.auth import hashed_line
 from slmforge.http.binding import free_port
 from slmforge.processes import process_start
+from slmforge.runtime.schemes import EngineSpec, Scheme
+from slmforge.runtime.specs import DEPLOYMENT_KEY_ENV
 from slmforge.serve.models import resolve_engine
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -350,3 +356,19 @@ def probe(
             yield ProbeResult(prompt, answer, time.perf_counter() - started)
         except Exception as exc:
             yield ProbeResult(prompt, "", time.perf_counter() - started, str(exc))
+
+
+# -- deploy:NAME[:ADAPTER] engine specs ----------------------------------------------------------
+def _parse_spec(spec: str, rest: str) -> EngineSpec:
+    """`NAME` (the base model) or `NAME:ADAPTER` of a deployment in the local registry."""
+    name, _, adapter = rest.partition(":")
+    if not name.strip():
+        raise InputError(f"engine spec {spec!r} names no deployment; e.g. deploy:travel-bot")
+    deployment = get(name.strip())
+    model = adapter.strip() or deployment.name
+    return EngineSpec(
+        kind="openai", model=model, base_url=deployment.url, key_env=DEPLOYMENT_KEY_ENV
+    )
+
+
+DEPLOY_SCHEME = Scheme("deploy", "deploy:NAME", _parse_spec)

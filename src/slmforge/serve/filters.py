@@ -1,37 +1,6 @@
-"""The content filter hook: every request's input and every answer pass through it.
+"""The content filter hook, defined in `safety/verdicts.py` (below the servers and the router
+that call it) and re-exported here for the serve modules."""
 
-`ContentFilter` is the interface the safety stage implements (severity per harm category,
-thresholds, jailbreak detection). With no filter configured the server uses `NoFilter`, which
-passes everything and adds nothing to responses.
-"""
+from slmforge.safety.verdicts import ContentFilter, FilterVerdict, NoFilter
 
-from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-
-@dataclass
-class FilterVerdict:
-    blocked: bool = False
-    # Azure-style annotations: {"hate": {"filtered": False, "severity": "safe"}, ...}
-    results: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-
-
-class ContentFilter(Protocol):
-    name: str
-
-    def check_input(self, messages: list[dict[str, str]]) -> FilterVerdict: ...
-
-    def check_output(self, text: str) -> FilterVerdict: ...
-
-
-class NoFilter:
-    name = "none"
-
-    def check_input(self, messages: list[dict[str, str]]) -> FilterVerdict:
-        return FilterVerdict()
-
-    def check_output(self, text: str) -> FilterVerdict:
-        return FilterVerdict()
+__all__ = ["ContentFilter", "FilterVerdict", "NoFilter"]

@@ -1,9 +1,9 @@
 """What a server serves: one local engine, the model name of its base, and its adapters.
 
-The engine follows the artifact: an ONNX folder (`genai_config.json`, manifest kind
-`onnx_model`) runs on ONNX Runtime GenAI with its `.onnx_adapter` files; an adapter folder runs
-its base model with that adapter; any other model folder or hub id runs on PyTorch. Each adapter
-is a model name of its own in `/v1/models`, and a request's `model` picks it, as in vLLM.
+The engine follows the artifact, by the resolver's rules (`runtime/local_models.py`): an ONNX
+folder runs on ONNX Runtime GenAI with its `.onnx_adapter` files; an adapter folder runs its
+base model with that adapter; any other model folder or hub id runs on PyTorch. Each adapter is
+a model name of its own in `/v1/models`, and a request's `model` picks it, as in vLLM.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from slmforge.artifacts import read_manifest
-from slmforge.errors import InputError
+from slmforge.runtime.local_models import EngineKind, detect_kind, load_local, plan_local
 
-EngineKind = Literal["auto", "torch", "onnx"]
+__all__ = ["EngineKind", "ServedModel", "detect_engine", "load_served", "resolve_engine"]
 
 
 @dataclass
@@ -42,32 +41,12 @@ class ServedModel:
 
 
 def detect_engine(folder: Path) -> Literal["torch", "onnx"]:
-    manifest = read_manifest(folder) if folder.is_dir() else None
-    if manifest is not None and manifest.kind == "onnx_model":
-        return "onnx"
-    return "onnx" if (folder / "genai_config.json").is_file() else "torch"
-
-
-def _check_adapter_paths(adapters: dict[str, Path], engine: str) -> None:
-    for name, path in adapters.items():
-        if engine == "onnx" and not (path.is_file() and path.suffix == ".onnx_adapter"):
-            raise InputError(f"--adapter {name}={path}: expected an .onnx_adapter file")
-        if engine == "torch" and not (path / "adapter_config.json").is_file():
-            raise InputError(f"--adapter {name}={path}: not a LoRA adapter folder")
+    return detect_kind(folder)
 
 
 def resolve_engine(model: str, engine: EngineKind, adapters: dict[str, Path]) -> str:
     """Check what can be checked before loading anything; returns "torch" or "onnx"."""
-    folder = Path(model)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{model}: expected a model folder, not a file")
-    detected = detect_engine(folder) if folder.is_dir() else "torch"
-    if engine == "onnx" and detected != "onnx":
-        raise InputError(f"{model} is not an ONNX model folder; make one with slmforge optimize")
-    if engine == "torch" and detected == "onnx":
-        raise InputError(f"{model} is an ONNX model folder; serve it with --engine onnx")
-    _check_adapter_paths(adapters, detected)
-    return detected
+    return plan_local(model, engine=engine, adapters=adapters, select=False).kind
 
 
 def load_served(
@@ -81,24 +60,12 @@ def load_served(
 ) -> ServedModel:
     """`max_batch` > 1 lets an ONNX model decode that many requests together (continuous
     batching); PyTorch models run one generation at a time."""
-    adapters = dict(adapters or {})
-    kind = resolve_engine(model, engine, adapters)
+    plan = plan_local(model, engine=engine, adapters=adapters, select=False)
     folder = Path(model)
     served_name = name or (folder.name if folder.is_dir() else model)
-    if kind == "onnx":
-        from slmforge.runtime.onnx_engine import OnnxEngine, default_adapters
-
-        found = default_adapters(folder) | {n: str(p) for n, p in adapters.items()}
-        onnx_engine = OnnxEngine(folder, found, max_batch=max_batch)
-        return ServedModel(onnx_engine, served_name, {model})
-    from slmforge.runtime.torch_engine import TorchEngine
-
-    base = model
-    if (folder / "adapter_config.json").is_file():  # an adapter artifact: serve its base with it
-        from slmforge.train.merge import base_of
-
-        base = base_of(folder)
-        adapters = {folder.name: folder, **adapters}
-        served_name = name or Path(base).name
-    torch_engine = TorchEngine(base, adapters=adapters, device=device, allow_pickle=allow_pickle)
-    return ServedModel(torch_engine, served_name, {model, base})
+    if plan.kind == "onnx":
+        return ServedModel(load_local(plan, max_batch=max_batch), served_name, {model})
+    if plan.adapter_folder is not None:  # an adapter artifact: serve its base with it
+        served_name = name or Path(plan.base).name
+    torch_engine = load_local(plan, device=device, allow_pickle=allow_pickle)
+    return ServedModel(torch_engine, served_name, {model, plan.base})

@@ -1,16 +1,17 @@
-"""Admission and concurrency: a bounded number of generations, a bounded queue, and a bridge
-from the engines' blocking token streams to asyncio that stops generating when nobody listens.
+"""Admission and concurrency: a bounded number of generations and a bounded queue. The bridge
+from the engines' blocking token streams to asyncio is `http/streams.py:iterate_in_thread`
+(the web app streams through it too); it is re-exported here for the serve modules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
 
-T = TypeVar("T")
+from slmforge.http.streams import iterate_in_thread
+
+__all__ = ["QueueFull", "Scheduler", "iterate_in_thread"]
 
 
 class QueueFull(Exception):
@@ -45,52 +46,3 @@ class Scheduler:
             self.running -= 1
             self._slots.release()
             self._on_change()
-
-
-_END = object()
-
-
-async def iterate_in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Run a blocking iterator in its own thread and yield its items here.
-
-    When the consumer stops early (the client disconnected, or the task was cancelled) the
-    thread is told to stop and closes the iterator at the next item, which ends the generation
-    and releases the engine.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[Any, Any]] = asyncio.Queue()
-    stop = threading.Event()
-
-    def put(kind: Any, value: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-        except RuntimeError:  # the event loop is gone; nobody is listening
-            stop.set()
-
-    def produce() -> None:
-        try:
-            iterator = make()
-            try:
-                for item in iterator:
-                    if stop.is_set():
-                        break
-                    put(None, item)
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
-            put(_END, None)
-        except BaseException as exc:  # re-raised in the consumer
-            put(exc, None)
-
-    threading.Thread(target=produce, name="slmforge-generate", daemon=True).start()
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind is _END:
-                return
-            if kind is not None:
-                raise kind
-            yield value
-    finally:
-        stop.set()

@@ -18,6 +18,7 @@ from slmforge.http.auth import ApiKeys
 from slmforge.http.binding import base_url, bind
 from slmforge.http.host import RunningServer, run_in_thread, serve_on, uvicorn_server
 from slmforge.progress import info
+from slmforge.runtime.specs import checked_spec, load_engine
 from slmforge.serve.models import ServedModel, load_served, resolve_engine
 
 
@@ -35,9 +36,11 @@ class Server:
             resolve_engine(config.model, config.engine, self.adapters)  # fail before binding
         self.cloud = None  # serve --route: made before binding (a bad spec, a missing key)
         if config.cloud is not None:
-            from slmforge.app.server import check_spec, cloud_engine
-
-            self.cloud = cloud_engine(check_spec("cloud", config.cloud), config)
+            self.cloud = load_engine(
+                checked_spec(config.cloud, "--cloud", hub=False),
+                api_key_env=config.cloud_key_env,
+                api_version=config.cloud_api_version,
+            )
         keys = ApiKeys.from_options(config.api_key, config.api_keys_file)
         self.app = create_app(config, keys, served, content_filter)
         self.state = self.app.state.slmforge

@@ -142,10 +142,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             )
 
 
-def _csv_cell(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, list) else value
-
-
 def _pyplot() -> Any:
     import matplotlib
 

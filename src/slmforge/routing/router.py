@@ -37,7 +37,7 @@ from slmforge.config.app import POLICIES, Policy, RouteSettings
 from slmforge.errors import InputError
 from slmforge.progress import info
 from slmforge.runtime.engine import Delta, Engine, GenParams, Message
-from slmforge.serve.filters import ContentFilter, NoFilter
+from slmforge.safety.verdicts import ContentFilter, NoFilter
 
 Side = Literal["local", "cloud"]
 # With a content filter, local text is released in pieces of at least this many characters

@@ -1,0 +1,1 @@
+"""The inference server: OpenAI-compatible endpoints over one local engine, deployments."""
