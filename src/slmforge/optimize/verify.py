@@ -13,7 +13,10 @@ Measures per variant, over the reply positions:
   bar judges, because it holds for any model: near-ties in a random or weakly trained model
   flip argmaxes without meaning anything.
 - `confident_agreement`: top-1 agreement only where the source's top-1 margin (logit of the
-  best token minus the second) exceeds `MARGIN`; also judged, against --min-agreement.
+  best token minus the second) exceeds `MARGIN` and, for int4/int8, where the source with its
+  weights rounded as the build rounds them keeps its top token; judged against
+  --min-agreement.
+- `expected_kl` (int4/int8): the KL of that rounded source; twice it widens the default KL bar.
 - `agreement` (all positions), `max_logit_diff`, and `greedy_match` (the share of prompts whose
   whole ONNX greedy reply is what PyTorch's greedy decoding gives: PyTorch's argmax equals the
   ONNX token at every reply position) are reported.
@@ -260,12 +263,14 @@ def measure(references: list[Any], runs: list[OnnxRun], rounded: list[Any] | Non
 
     kl = mean_kl(references, [run.logits for run in runs])
     diffs, agree, confident, confident_agree, matches = 0.0, 0, 0, 0, 0
-    for ref, run in zip(references, runs, strict=True):
+    for row, (ref, run) in enumerate(zip(references, runs, strict=True)):
         ours = run.logits[:, : ref.shape[-1]]
         diffs = max(diffs, float(np.abs(ours - ref).max()))
         same = ours.argmax(-1) == ref.argmax(-1)
         top2 = np.sort(ref, axis=-1)[:, -2:]
         sure = (top2[:, 1] - top2[:, 0]) > MARGIN
+        if rounded is not None:  # where exact rounding itself flips the top token, no build can
+            sure &= rounded[row].argmax(-1) == ref.argmax(-1)
         agree += int(same.sum())
         confident += int(sure.sum())
         confident_agree += int((same & sure).sum())
