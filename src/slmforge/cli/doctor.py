@@ -15,7 +15,7 @@ from slmforge.config import validate
 from slmforge.config.doctor import FitConfig
 from slmforge.config.finetune import Device, Method
 from slmforge.config.finetune import Precision as TrainPrecision
-from slmforge.config.optimize import OnnxPrecision
+from slmforge.config.precisions import OnnxPrecision
 from slmforge.errors import InputError
 
 _MARKS = {

@@ -7,7 +7,7 @@ from pydantic import Field
 from slmforge.config import StrictModel
 from slmforge.config.finetune import Device, Method
 from slmforge.config.finetune import Precision as TrainPrecision
-from slmforge.config.optimize import OnnxPrecision
+from slmforge.config.precisions import OnnxPrecision
 
 
 class FitConfig(StrictModel):

@@ -8,16 +8,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from slmforge.config import StrictModel
+from slmforge.config.precisions import PRECISIONS, QUANT_ALGOS, OnnxPrecision, QuantAlgo
 
-OnnxPrecision = Literal["fp32", "fp16", "int8", "int4"]
 OnnxDevice = Literal["cpu", "cuda", "dml"]
-# The builder's weight-only quantization base methods (its `algo_config` extra option).
-QuantAlgo = Literal["default", "rtn", "k_quant"]
 
-# Top-1 agreement a build must reach on positions where the source is confident (its top-1
-# lead exceeds a margin), when --min-agreement is unset; and the mean KL bar (--max-kl).
-DEFAULT_MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.95, "int8": 0.95, "int4": 0.9}
-DEFAULT_MAX_KL = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.02, "int4": 0.15}
+# Defaults of --min-agreement and --max-kl per precision (config/precisions.py).
+DEFAULT_MIN_AGREEMENT = {name: p.min_agreement for name, p in PRECISIONS.items()}
+DEFAULT_MAX_KL = {name: p.max_kl for name, p in PRECISIONS.items()}
 
 
 def adapter_spec(spec: str) -> tuple[str, Path]:
@@ -37,7 +34,7 @@ class OptimizeConfig(StrictModel):
         description="LoRA adapter as NAME=DIR or DIR (repeat for several; switchable at runtime).",
     )
     precision: OnnxPrecision = Field(
-        "int4", description="Weight precision: fp32, fp16, int8, int4."
+        "int4", description="Weight precision: " + ", ".join(PRECISIONS) + "."
     )
     device: OnnxDevice = Field("cpu", description="Execution provider the model is built for.")
     max_length: int = Field(
@@ -52,7 +49,10 @@ class OptimizeConfig(StrictModel):
         None, ge=1, le=4, description="MatMulNBits compute type: 1 fp32, 2 fp16, 3 bf16, 4 int8."
     )
     int4_algo: QuantAlgo = Field(
-        "default", description="Quantization method: default, rtn, k_quant."
+        "default",
+        description="Quantization method: "
+        + "; ".join(f"{name}: {what}" for name, what in QUANT_ALGOS.items())
+        + ".",
     )
     verify: bool = Field(True, description="Compare the ONNX model with PyTorch before keeping it.")
     verify_data: Path | None = Field(None, description="Prompts for verification (any data file).")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmforge.config.precisions import get_precision
 from slmforge.errors import InputError
 from slmforge.train.memory import GIB, MIB, Estimate, available_bytes, gib
 from slmforge.train.shape import ModelShape
@@ -43,25 +44,20 @@ class OptimizeEstimate:
         return text + (f"; verify {self.verify.describe()}" if self.verify else "")
 
 
-def packed_bytes_per_weight(precision: str) -> float:
-    """int4: 4 bits plus an fp32 scale per block of 32; int8: 8 bits plus the same."""
-    bits = {"int4": 4, "int8": 8}[precision]
-    return (bits + 32 / 32) / 8
-
-
 def build_estimate(shape: ModelShape, precision: str, checkpoint: int) -> Estimate:
     parts = {"runtime": BUILD_RUNTIME, "checkpoint (mapped)": checkpoint}
-    if precision in ("int4", "int8"):
+    quantized = get_precision(precision).quantized
+    if quantized:
         head = shape.head_params or shape.embedding_params  # a tied head is quantized apart
         parts["packed weights"] = int(
-            (shape.layer_linear_params + head) * packed_bytes_per_weight(precision)
+            (shape.layer_linear_params + head) * get_precision(precision).packed_bytes_per_weight()
         )
         parts["chunk"] = CHUNK
     if shape.model_type not in _FUSED_BY_CHECKPOINT:
         dtype_bytes = max(1, checkpoint // max(shape.params, 1))
         q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
         parts["fused projections"] = shape.layers * shape.hidden * (q + 2 * kv) * dtype_bytes
-    if not (shape.tied and precision in ("int4", "int8")):
+    if not (shape.tied and quantized):
         parts["embedding (fp32, at save)"] = shape.embedding_params * 4
     return Estimate(parts)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge import progress
+from slmforge.config.precisions import get_precision
 from slmforge.errors import InputError, ModelError, RunError
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "phi3", "mistral")
@@ -90,7 +91,7 @@ def check_device(precision: str, device: str) -> None:
 def builder_options(cfg: Any, extra: dict[str, str]) -> dict[str, str]:
     """`--extra_options` for the builder from the config (quantization, offline, adapters)."""
     options = {"hf_token": "false", "hf_remote": str(cfg.trust_remote_code).lower()}
-    if cfg.precision in ("int4", "int8"):
+    if get_precision(cfg.precision).quantized:
         options["block_size"] = str(cfg.int4_block_size)
         options["is_symmetric"] = str(cfg.int4_symmetric).lower()
         options["algo_config"] = cfg.int4_algo

@@ -17,6 +17,7 @@ from typing import Any
 from slmforge import progress
 from slmforge.artifacts import artifact, check_output, source_of
 from slmforge.config.optimize import OptimizeConfig
+from slmforge.config.precisions import get_precision
 from slmforge.optimize import adapters as lora
 from slmforge.optimize import memory, onnx_build, verify
 
@@ -82,7 +83,7 @@ def _build(cfg: OptimizeConfig, source: Path, out: Path, infos: list[lora.Adapte
     extra: dict[str, str] = {}
     if infos:
         extra["adapter_path"] = str(infos[0].path)
-    if infos and not cfg.merge_adapter and cfg.precision in ("int4", "int8"):
+    if infos and not cfg.merge_adapter and get_precision(cfg.precision).quantized:
         # Switchable LoRA weights are swapped at runtime as float tensors: keep their MatMuls
         # out of quantization.
         layers = json.loads((source / "config.json").read_text(encoding="utf-8"))
@@ -123,8 +124,8 @@ def _verify(
     prompts: list[list[dict[str, str]]],
 ) -> dict[str, verify.Parity]:
     rounding = None
-    if cfg.precision in ("int4", "int8"):
-        bits = 4 if cfg.precision == "int4" else 8
+    bits = get_precision(cfg.precision).bits
+    if bits is not None:
         rounding = verify.Rounding(bits, cfg.int4_block_size, tied=False)  # tied: read there
     results = verify.verify_build(
         folder, source, adapters, cfg.merge_adapter, prompts, cfg.verify_tokens, rounding
