@@ -111,3 +111,27 @@ def test_a_build_that_cannot_fit_is_refused_before_any_work(tiny_model, tmp_path
     except InputError as exc:
         message = str(exc)
     assert "build ~" in message and "verify ~" in message and "GiB is available" in message
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+def test_chunked_head_and_embedding_give_the_same_logits(tiny_model, monkeypatch, rounded):
+    """Verification computes a big LM head / embedding in row chunks; the logits must be those
+    of the whole-weight cast (and of the whole-table rounding)."""
+    import numpy as np
+
+    from slmforge.models.load import load_causal_lm
+    from slmforge.optimize import verify
+
+    model = load_causal_lm(tiny_model("qwen2"), dtype="auto")
+    runs = [verify.OnnxRun(3, [5, 17, 300, 22, 9, 41], None), verify.OnnxRun(2, [7, 8, 9], None)]
+    rounding = verify.Rounding(4, 32, tied=True) if rounded else None
+    whole = verify._reference_logits(model, runs, rounding)
+    monkeypatch.setattr(verify, "BIG_WEIGHT", 0)
+    monkeypatch.setattr(verify, "_chunk_forward", _small_chunks(verify._chunk_forward))
+    chunked = verify._reference_logits(model, runs, rounding)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+
+
+def _small_chunks(chunk_forward):
+    return lambda module, rounding: chunk_forward(module, rounding, rows=100)

@@ -165,15 +165,20 @@ def onnx_phase(
     return variants
 
 
+BIG_WEIGHT = 16 * 1024 * 1024  # elements: an LM head or embedding is computed in row chunks
+
+
 @contextmanager
 def fp32_compute(model: Any, rounding: Rounding | None = None) -> Iterator[None]:
     """Run `model` in fp32 while its weights stay in their own dtype.
 
     Each leaf module with half-precision parameters gets fp32 copies just before it runs and
-    its own parameters back right after, so at most one layer's weights exist twice. The values
-    are the same as loading the checkpoint in fp32 (a bf16 -> fp32 cast is exact).
-    With `rounding`, the weights the build quantizes are also rounded the way it rounds them
-    (`fake_quantize`): what an exact int4/int8 build of this model would compute.
+    its own parameters back right after, so at most one layer's weights exist twice; a big
+    LM head or embedding is computed a few thousand rows at a time instead (on a 150k
+    vocabulary its fp32 copy would outweigh a layer). The values are the same as loading the
+    checkpoint in fp32 (a bf16 -> fp32 cast is exact). With `rounding`, the weights the build
+    quantizes are also rounded the way it rounds them (`fake_quantize`): what an exact
+    int4/int8 build of this model would compute.
     """
     import torch
 
@@ -194,10 +199,16 @@ def fp32_compute(model: Any, rounding: Rounding | None = None) -> Iterator[None]
     def after(module: Any, _args: Any, _output: Any) -> None:
         module._parameters.update(module.__dict__.pop("_slmforge_saved"))
 
-    handles = []
+    handles, chunked = [], []
     for module in model.modules():
+        weight = getattr(module, "weight", None)
+        round_it = rounding if id(module) in chosen else None
+        big = isinstance(weight, torch.Tensor) and weight.numel() > BIG_WEIGHT
+        if big and _chunk_forward(module, round_it):
+            chunked.append(module)
+            continue
         own = [p for p in module.parameters(recurse=False) if p.dtype != torch.float32]
-        if own or id(module) in chosen:
+        if own or round_it is not None:
             handles.append(module.register_forward_pre_hook(before))
             handles.append(module.register_forward_hook(after))
     try:
@@ -205,6 +216,45 @@ def fp32_compute(model: Any, rounding: Rounding | None = None) -> Iterator[None]
     finally:
         for handle in handles:
             handle.remove()
+        for module in chunked:
+            del module.forward  # back to the class's own forward
+
+
+def _chunk_forward(module: Any, rounding: Rounding | None, rows: int = 8192) -> bool:
+    """Give a Linear or Embedding a forward that casts (and rounds) its weight by row chunks;
+    False for other module types, which keep the whole-weight cast."""
+    import torch
+    import torch.nn.functional as F
+
+    def weight_rows(start: int, stop: int) -> Any:
+        chunk = module.weight[start:stop].to(torch.float32, copy=True)
+        return fake_quantize(chunk, rounding) if rounding is not None else chunk
+
+    if type(module) is torch.nn.Linear:
+
+        def linear(x: Any) -> Any:
+            outputs = []
+            for start in range(0, module.out_features, rows):
+                stop = min(start + rows, module.out_features)
+                bias = None if module.bias is None else module.bias[start:stop].float()
+                outputs.append(F.linear(x.float(), weight_rows(start, stop), bias))
+            return torch.cat(outputs, dim=-1)
+
+        module.forward = linear
+        return True
+    if type(module) is torch.nn.Embedding:
+
+        def embedding(ids: Any) -> Any:
+            # rounding runs along each row, so rounding the looked-up rows is the same as
+            # rounding the table and looking them up
+            picked = module.weight[ids.reshape(-1)].to(torch.float32, copy=True)
+            if rounding is not None:
+                fake_quantize(picked, rounding)
+            return picked.reshape(*ids.shape, -1)
+
+        module.forward = embedding
+        return True
+    return False
 
 
 def fake_quantize(weight: Any, rounding: Rounding, rows_at_once: int = 4096) -> Any:
@@ -227,22 +277,32 @@ def fake_quantize(weight: Any, rounding: Rounding, rows_at_once: int = 4096) -> 
 
 
 def _reference_logits(model: Any, runs: list[OnnxRun], rounding: Rounding | None) -> list[Any]:
-    """PyTorch logits at each run's reply positions, all runs in one right-padded batch."""
+    """PyTorch logits at each run's reply positions, all runs in one left-padded batch.
+
+    Left padding ends every row at the same column, so the head runs only on the last positions
+    (`logits_to_keep`): on a 150k vocabulary the logits of whole prompts would cost more memory
+    than a layer. Positions are passed explicitly so padding does not shift them.
+    """
     import torch
 
-    longest = max(len(run.sequence) for run in runs)
-    ids = torch.zeros((len(runs), longest), dtype=torch.long)
-    mask = torch.zeros((len(runs), longest), dtype=torch.long)
+    width = max(len(run.sequence) for run in runs)
+    keep = max(len(run.sequence) - run.prompt_len + 1 for run in runs)
+    ids = torch.zeros((len(runs), width), dtype=torch.long)
+    mask = torch.zeros((len(runs), width), dtype=torch.long)
     for row, run in enumerate(runs):
-        ids[row, : len(run.sequence)] = torch.tensor(run.sequence)
-        mask[row, : len(run.sequence)] = 1
+        ids[row, width - len(run.sequence) :] = torch.tensor(run.sequence)
+        mask[row, width - len(run.sequence) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode(), fp32_compute(model, rounding):
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    # copies of the reply positions only: a view would keep the whole batch's logits alive
-    return [
-        logits[row, run.prompt_len - 1 : len(run.sequence) - 1].float().numpy().copy()
-        for row, run in enumerate(runs)
-    ]
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+        ).logits
+    out = []
+    for row, run in enumerate(runs):
+        replies = len(run.sequence) - run.prompt_len  # positions predicting each reply token
+        # the kept block ends at the last column, which predicts past the sequence
+        out.append(logits[row, keep - 1 - replies : keep - 1].float().numpy().copy())
+    return out
 
 
 def mean_kl(references: list[Any], others: list[Any]) -> Any:
@@ -378,10 +438,102 @@ def verify_build(
     PyTorch base + that adapter. The ONNX phase runs in a child process: ONNX Runtime keeps
     much of what it allocated after a session is dropped, and PyTorch loads next.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        variants = pool.submit(onnx_phase, folder, adapters, merged, prompts, steps).result()
+    variants = onnx_phase_in_child(folder, adapters, merged, prompts, steps)
     return torch_phase(source, adapters, variants, rounding)
+
+
+def onnx_phase_in_child(
+    folder: Path, adapters: dict[str, Path], merged: bool, prompts: list[Any], steps: int
+) -> list[Variant]:
+    """`onnx_phase` in a fresh interpreter (`python -m slmforge.optimize.verify DIR`), talking
+    through files: unlike multiprocessing, it never re-imports the caller's main script."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="slmforge-verify-") as tmp:
+        request = {
+            "folder": str(folder),
+            "adapters": {name: str(path) for name, path in adapters.items()},
+            "merged": merged,
+            "prompts": prompts,
+            "steps": steps,
+        }
+        (Path(tmp) / "request.json").write_text(json.dumps(request), encoding="utf-8")
+        command = [sys.executable, "-m", "slmforge.optimize.verify", tmp]
+        proc = subprocess.run(command, check=False, stdout=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RunError(
+                f"verification: decoding with the ONNX build failed (exit {proc.returncode}); "
+                "its error is above"
+            )
+        return _read_variants(Path(tmp))
+
+
+def _write_variants(folder: Path, variants: list[Variant]) -> None:
+    import json
+
+    import numpy as np
+
+    meta = [
+        {
+            "label": v.label,
+            "adapter": v.adapter,
+            "runs": [{"prompt_len": r.prompt_len, "sequence": r.sequence} for r in v.runs],
+        }
+        for v in variants
+    ]
+    arrays = {f"v{i}_r{j}": r.logits for i, v in enumerate(variants) for j, r in enumerate(v.runs)}
+    np.savez(folder / "logits.npz", **arrays)
+    (folder / "variants.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _read_variants(folder: Path) -> list[Variant]:
+    import json
+
+    import numpy as np
+
+    meta = json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+    with np.load(folder / "logits.npz") as arrays:
+        return [
+            Variant(
+                v["label"],
+                v["adapter"],
+                [
+                    OnnxRun(r["prompt_len"], r["sequence"], arrays[f"v{i}_r{j}"])
+                    for j, r in enumerate(v["runs"])
+                ],
+            )
+            for i, v in enumerate(meta)
+        ]
+
+
+def _child_main(folder: Path) -> int:
+    import json
+
+    from slmforge.errors import SlmforgeError
+
+    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
+    adapters = {name: Path(path) for name, path in request["adapters"].items()}
+    try:
+        variants = onnx_phase(
+            Path(request["folder"]),
+            adapters,
+            request["merged"],
+            request["prompts"],
+            request["steps"],
+        )
+    except SlmforgeError as exc:
+        import sys
+
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _write_variants(folder, variants)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child_main(Path(sys.argv[1])))
