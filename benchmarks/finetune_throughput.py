@@ -2,10 +2,25 @@
 
 Both train the same LoRA (same model, data, rank, targets, batch, steps, threads) in their own
 subprocess, so peak RSS is measured per run. Prints tokens/s (real, non-padding tokens), peak
-RSS and the ratios. Run:
+RSS and the ratios against the plain Trainer. The runs:
+
+  baseline           Trainer + PEFT, batches in the shuffled order
+  baseline-grouped   the same with the Trainer's own length grouping
+                     (`train_sampling_strategy="group_by_length"`, once `group_by_length=True`)
+  slmforge           `slmforge finetune` as a user runs it (length-grouped batches by default)
+  slmforge-ungrouped `--no-group-by-length`
+  slmforge-packed    `--packing`
+  slmforge-fp32      `--precision fp32` (only with --runs, as the next two)
+  slmforge-bf16      `--precision bf16`: a bf16 base under autocast, even from an fp32 checkpoint
+  baseline-bf16      the Trainer with `bf16=True` (autocast over the checkpoint's weights)
+
+Each tool loads the checkpoint in its own dtype. A bf16 checkpoint gets bf16 compute in both
+(`dtype=bfloat16` and `bf16=True` for the Trainer), as slmforge picks on a CPU with native bf16.
+Run:
 
     .venv/bin/python benchmarks/finetune_throughput.py            # builds the `small` model once
     .venv/bin/python benchmarks/finetune_throughput.py --model DIR --steps 20
+    .venv/bin/python benchmarks/finetune_throughput.py --model DIR --runs baseline,slmforge
 """
 
 from __future__ import annotations
@@ -20,6 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench"
+RUNS = ("baseline", "baseline-grouped", "slmforge", "slmforge-ungrouped", "slmforge-packed")
+EXTRA_RUNS = ("slmforge-fp32", "slmforge-bf16", "baseline-bf16")  # precision other than auto
 
 
 def _peak_rss_mib() -> float:
@@ -29,6 +46,29 @@ def _peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepClock:
+    """Times optimizer steps 2..N of a run the same way for both tools: the first step, with its
+    one-off warm-up, is left out; the clock starts when step 2 starts and stops when the
+    training function returns. Counts real (non-padding) tokens, in wall and in CPU seconds
+    (CPU time is the steadier figure on a shared machine; run with --threads 1 to compare
+    there, since idle OpenMP threads spin and count as CPU time)."""
+
+    def __init__(self) -> None:
+        self.steps = self.tokens = 0
+        self.wall = self.cpu = 0.0
+
+    def step(self, tokens: int) -> None:
+        self.steps += 1
+        if self.steps == 2:
+            self.wall, self.cpu = time.perf_counter(), time.process_time()
+        if self.steps >= 2:
+            self.tokens += tokens
+
+    def stop(self) -> dict:
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return {"tokens_per_s": self.tokens / wall, "tokens_per_cpu_s": self.tokens / cpu}
 
 
 def _encoded(model: str, data: Path, max_seq_len: int):
@@ -46,18 +86,31 @@ def _encoded(model: str, data: Path, max_seq_len: int):
 def run_slmforge(args: argparse.Namespace) -> dict:
     from slmforge import progress
     from slmforge.config.finetune import FinetuneConfig
-    from slmforge.train.sft import finetune
+    from slmforge.train import loop, sft
 
     progress.configure("plain", quiet=True)
-    out = Path(args.work) / f"slmforge-{'packed' if args.packing else 'padded'}"
+    clock, timed = StepClock(), {}
+    real_step, real_fit = loop.train_step, sft.fit
+
+    def train_step(plan, micro_batches, window):
+        clock.step(sum(len(e.input_ids) for mb in micro_batches for row in mb for e in row))
+        return real_step(plan, micro_batches, window)
+
+    def fit(plan, log):
+        real_fit(plan, log)
+        timed.update(clock.stop())
+
+    loop.train_step, sft.fit = train_step, fit
     cfg = FinetuneConfig(
         model=args.model,
         data=args.data,
-        out=out,
+        out=Path(args.work) / args.child,
         max_steps=args.steps,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
-        packing=args.packing,
+        packing=args.child == "slmforge-packed",
+        group_by_length=args.child != "slmforge-ungrouped",
+        precision={"slmforge-fp32": "fp32", "slmforge-bf16": "bf16"}.get(args.child, "auto"),
         lr=1e-4,
         samples=0,
         log_every=args.steps,
@@ -67,20 +120,13 @@ def run_slmforge(args: argparse.Namespace) -> dict:
         lora_dropout=0.0,
     )
     start = time.perf_counter()
-    finetune(cfg)
-    wall = time.perf_counter() - start
-    from slmforge.artifacts import read_manifest
-
-    metrics = read_manifest(out).metrics
-    return {
-        "tokens_per_s": metrics["tokens_per_s"],
-        "wall_s": wall,
-        "peak_rss_mib": _peak_rss_mib(),
-    }
+    sft.finetune(cfg)
+    return {**timed, "wall_s": time.perf_counter() - start, "peak_rss_mib": _peak_rss_mib()}
 
 
 def run_baseline(args: argparse.Namespace) -> dict:
     """A plain Trainer + PEFT LoRA on the same tokenized examples, padded per batch."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForCausalLM,
@@ -94,7 +140,10 @@ def run_baseline(args: argparse.Namespace) -> dict:
         {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
         for e in encoded
     ]
-    model = AutoModelForCausalLM.from_pretrained(args.model)
+    bf16 = _checkpoint_is_bf16(args.model)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
     if model.config.model_type == "phi3":
         targets = ["qkv_proj", "o_proj"]
@@ -104,7 +153,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
             r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM"
         ),
     )
-    seen = {"tokens": 0}
+    clock = StepClock()
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
     class CountingTrainer(Trainer):
@@ -113,7 +162,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
         batch ahead, so it sees steps + 1 batches."""
 
         def training_step(self, model, inputs, *rest, **kwargs):
-            seen["tokens"] += int(inputs["attention_mask"].sum())
+            clock.step(int(inputs["attention_mask"].sum()))
             return super().training_step(model, inputs, *rest, **kwargs)
 
     training = TrainingArguments(
@@ -130,14 +179,21 @@ def run_baseline(args: argparse.Namespace) -> dict:
         lr_scheduler_type="cosine",
         remove_unused_columns=False,
         seed=42,
+        bf16=bf16 or args.child == "baseline-bf16",
+        train_sampling_strategy="group_by_length" if args.child == "baseline-grouped" else "random",
     )
     trainer = CountingTrainer(
         model=model, args=training, train_dataset=rows, data_collator=collator
     )
     start = time.perf_counter()
     trainer.train()
-    wall = time.perf_counter() - start
-    return {"tokens_per_s": seen["tokens"] / wall, "wall_s": wall, "peak_rss_mib": _peak_rss_mib()}
+    timed = clock.stop()
+    return {**timed, "wall_s": time.perf_counter() - start, "peak_rss_mib": _peak_rss_mib()}
+
+
+def _checkpoint_is_bf16(model: str) -> bool:
+    config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    return (config.get("dtype") or config.get("torch_dtype")) == "bfloat16"
 
 
 def _child(kind: str, args: argparse.Namespace) -> dict:
@@ -158,10 +214,8 @@ def _child(kind: str, args: argparse.Namespace) -> dict:
         str(args.max_seq_len),
         "--work",
         str(args.work),
+        *(["--threads", str(args.threads)] if args.threads else []),
     ]
-    if kind == "slmforge-packed":
-        cmd[3] = "slmforge"
-        cmd.append("--packing")
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode:
         raise SystemExit(f"{kind} failed:\n{result.stderr[-3000:]}")
@@ -171,11 +225,9 @@ def _child(kind: str, args: argparse.Namespace) -> dict:
 def _prepare(args: argparse.Namespace) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.model is None:
-        from slmforge.models.tiny import build
+        from bench_models import small_model
 
-        args.model = str(CACHE / "small-llama")
-        if not (CACHE / "small-llama" / "slmforge.json").exists():
-            build("llama", args.model, size="small", force=True)
+        args.model = str(small_model())
     if args.data is None:
         from slmforge.data.sample import write_sample
 
@@ -190,29 +242,42 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=256)
-    parser.add_argument("--packing", action="store_true")
+    parser.add_argument("--runs", default=",".join(RUNS), help="Comma-separated runs to do.")
+    parser.add_argument("--threads", type=int, help="torch threads in each run (default: torch's)")
     parser.add_argument("--work")
-    parser.add_argument("--child", choices=["slmforge", "baseline"])
+    parser.add_argument("--child", choices=RUNS + EXTRA_RUNS)
     args = parser.parse_args()
     if args.child:
-        runner = run_slmforge if args.child == "slmforge" else run_baseline
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        runner = run_baseline if args.child.startswith("baseline") else run_slmforge
         print(json.dumps(runner(args)))
         return
     _prepare(args)
     import torch
 
+    threads = args.threads or torch.get_num_threads()
     print(
         f"model {args.model}, steps {args.steps}, batch {args.batch_size}, "
-        f"max_seq_len {args.max_seq_len}, torch threads {torch.get_num_threads()}"
+        f"max_seq_len {args.max_seq_len}, torch threads {threads}"
     )
-    results = {kind: _child(kind, args) for kind in ("baseline", "slmforge", "slmforge-packed")}
-    base = results["baseline"]
-    print(f"{'run':<18}{'tokens/s':>10}{'peak RSS MiB':>14}{'speed x':>9}{'memory x':>10}")
+    results = {}
+    for kind in args.runs.split(","):
+        results[kind] = _child(kind, args)
+        print(f"[bench] {kind}: {json.dumps(results[kind])}", file=sys.stderr, flush=True)
+    base = results.get("baseline") or next(iter(results.values()))
+    print(
+        f"{'run':<20}{'tokens/s':>10}{'x':>6}{'tok/CPU-s':>11}{'x':>6}{'peak RSS MiB':>14}{'x':>6}"
+    )
     for kind, r in results.items():
         print(
-            f"{kind:<18}{r['tokens_per_s']:>10.0f}{r['peak_rss_mib']:>14.0f}"
-            f"{r['tokens_per_s'] / base['tokens_per_s']:>9.2f}"
-            f"{r['peak_rss_mib'] / base['peak_rss_mib']:>10.2f}"
+            f"{kind:<20}{r['tokens_per_s']:>10.0f}"
+            f"{r['tokens_per_s'] / base['tokens_per_s']:>6.2f}"
+            f"{r['tokens_per_cpu_s']:>11.0f}"
+            f"{r['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:>6.2f}"
+            f"{r['peak_rss_mib']:>14.0f}{r['peak_rss_mib'] / base['peak_rss_mib']:>6.2f}"
         )
 
 

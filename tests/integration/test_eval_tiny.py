@@ -23,7 +23,9 @@ from slmforge.evaluate.runner import run_eval
 pytestmark = pytest.mark.integration
 
 SYSTEM = "You are a helpful travel assistant."
-TRAINING = {"max_steps": 150, "lr": 5e-3, "batch_size": 8, "seed": 11}
+# The plain shuffled order this eval test was calibrated on (length grouping trains a slightly
+# different adapter, whose ROUGE-L gain is then not significant on 16 rows).
+TRAINING = {"max_steps": 150, "lr": 5e-3, "batch_size": 8, "seed": 11, "group_by_length": False}
 
 
 def _adapter_key() -> str:

@@ -34,6 +34,11 @@ class FinetuneConfig(ReadOptions):
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     max_seq_len: int = Field(1024, gt=8, description="Longer examples are truncated.")
     packing: bool = Field(False, description="Pack examples into rows (no padding, no leaks).")
+    group_by_length: bool = Field(
+        True,
+        description="Batch rows of similar length together (less padding; like Hugging Face's "
+        "group_by_length). No effect with --packing.",
+    )
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -53,13 +58,25 @@ class FinetuneConfig(ReadOptions):
     save_every: int | None = Field(None, gt=0, description="Steps between checkpoints.")
     samples: int = Field(3, ge=0, description="Sample generations from the eval set afterwards.")
     device: Device = Field("auto")
-    precision: Precision = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU.")
-    gradient_checkpointing: bool = Field(False)
+    precision: Precision = Field(
+        "auto",
+        description="auto: bf16/fp16 on CUDA; on CPU bf16 under adapters when the checkpoint "
+        "is bf16, else fp32.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in backward (switched on by itself when only that "
+        "makes the run fit in memory).",
+    )
     nproc: int = Field(1, gt=0, description="Data-parallel processes (torchrun) on this machine.")
     merge: bool = Field(False, description="Also write a merged full model to OUT/merged.")
     resume: bool = Field(False, description="Continue from the last checkpoint of OUT.")
     force: bool = Field(False, description="Replace OUT if it exists.")
-    strict_memory: bool = Field(False, description="Stop when the memory estimate does not fit.")
+    strict_memory: bool = Field(
+        False,
+        description="Stop when the memory estimate does not fit as asked (instead of switching "
+        "on gradient checkpointing).",
+    )
     allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) checkpoints.")
     trust_remote_code: bool = Field(False)
 

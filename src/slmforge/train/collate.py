@@ -135,31 +135,32 @@ def pack(examples: list[Encoded], max_seq_len: int) -> list[list[Encoded]]:
 
 
 def collate(rows: list[list[Encoded]], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for a micro-batch.
+    """Right-padded tensors for a micro-batch, without an attention mask.
 
-    Unpacked rows get an attention mask. Packed rows get no attention mask but position ids
-    that restart at 0 for each example: transformers then builds a block-diagonal causal mask,
-    so packed examples never attend to each other. Padding forms its own block at the end.
+    Padding follows each row's tokens, so under the causal mask no real token attends to it, and
+    its positions are never scored: a padding mask would change no trained logit, but it would
+    make transformers build a batch x seq x seq mask and leave SDPA's causal kernel. Unpacked
+    rows count positions on through their padding (one sequence per row). Packed rows get
+    positions that restart at 0 for each example: transformers then builds a block-diagonal
+    causal mask, so packed examples never attend to each other; padding forms its own block.
     """
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
-    ids, labels, positions, mask = [], [], [], []
+    ids, labels, positions = [], [], []
     for row in rows:
         row_ids = [t for e in row for t in e.input_ids]
         row_labels = [t for e in row for t in e.labels]
-        row_pos = [p for e in row for p in range(len(e.input_ids))]
         pad = width - len(row_ids)
         ids.append(row_ids + [pad_id] * pad)
         labels.append(row_labels + [IGNORE] * pad)
-        positions.append(row_pos + list(range(pad)))
-        mask.append([1] * len(row_ids) + [0] * pad)
-    batch = {
+        if packed:
+            positions.append([p for e in row for p in range(len(e.input_ids))] + list(range(pad)))
+        else:
+            positions.append(list(range(width)))
+    return {
         "input_ids": torch.tensor(ids),
         "labels": torch.tensor(labels),
         "position_ids": torch.tensor(positions),
     }
-    if not packed:
-        batch["attention_mask"] = torch.tensor(mask)
-    return batch
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
@@ -167,6 +168,25 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     order = list(range(count))
     random.Random(seed * 100_003 + epoch).shuffle(order)
     return order
+
+
+def length_grouped_order(lengths: list[int], seed: int, epoch: int, per_step: int) -> list[int]:
+    """The epoch's order with rows of similar length side by side, so micro-batches pad little.
+
+    Hugging Face's `group_by_length`: the shuffled order (`epoch_order`) is cut into mega-batches
+    of up to 50 optimizer steps, each sorted longest first, and the longest row of all moves to
+    the front, so a step that does not fit in memory fails at once. A pure function of its
+    arguments, so a resumed run sees the same order."""
+    order = epoch_order(len(lengths), seed, epoch)
+    size = per_step * max(1, min(len(lengths) // (per_step * 4), 50))
+    megas = [
+        sorted(order[start : start + size], key=lambda i: lengths[i], reverse=True)
+        for start in range(0, len(order), size)
+    ]
+    if megas:
+        longest = max(range(len(megas)), key=lambda m: lengths[megas[m][0]])
+        megas[0][0], megas[longest][0] = megas[longest][0], megas[0][0]
+    return [index for mega in megas for index in mega]
 
 
 def step_batches(

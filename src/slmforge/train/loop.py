@@ -20,10 +20,17 @@ from slmforge import progress
 from slmforge.config.finetune import FinetuneConfig
 from slmforge.errors import Interrupted
 from slmforge.train import checkpoint as ckpt
-from slmforge.train.collate import Encoded, collate, epoch_order, step_batches
+from slmforge.train.collate import (
+    IGNORE,
+    Encoded,
+    collate,
+    epoch_order,
+    length_grouped_order,
+    step_batches,
+)
 from slmforge.train.distributed import DistContext, unwrap, wrap_ddp
 from slmforge.train.methods import MethodBase
-from slmforge.train.metrics import MetricsLog, perplexity, token_loss_and_hits
+from slmforge.train.metrics import MetricsLog, loss_and_hits, perplexity, shifted_targets
 
 
 @dataclass
@@ -51,6 +58,9 @@ class Plan:
     # returned reason stops training there and the run is saved as usual (tune's pruning).
     on_eval: Callable[[int, dict[str, float]], str | None] | None = None
     stopped: dict[str, Any] | None = None  # {"step", "reason"} when on_eval stopped the run
+    precision: str = "fp32"  # compute precision: fp32, bf16 or fp16
+    gradient_checkpointing: bool = False  # as asked, or switched on by the memory check
+    select_logits: bool = False  # the model computes logits at chosen positions only
 
 
 def _schedule(cfg: FinetuneConfig, optimizer: Any, total_steps: int) -> Any:
@@ -73,14 +83,24 @@ def _resume_key(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _forward(plan: Plan, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+    """Loss sum, hits and counted tokens of a micro-batch. The LM head runs only at the
+    positions that predict a trained label (a boolean `logits_to_keep`): with a vocabulary of
+    150k, logits of every position would be the step's largest tensor and a quarter of its work."""
     inputs = {k: v.to(plan.device) for k, v in batch.items() if k != "labels"}
+    targets = shifted_targets(batch["labels"]).to(plan.device)
+    keep = targets != IGNORE if plan.select_logits else None
     with torch.autocast(
         plan.device if plan.device != "mps" else "cpu",
         dtype=plan.autocast_dtype or torch.float32,
         enabled=plan.autocast_dtype is not None,
     ):
-        logits = plan.model(**inputs, use_cache=False).logits
-    return token_loss_and_hits(logits, batch["labels"])
+        if keep is None:
+            logits = plan.model(**inputs, use_cache=False).logits
+        else:
+            logits = plan.model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    if keep is None:
+        return loss_and_hits(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    return loss_and_hits(logits, targets[keep])
 
 
 @torch.no_grad()
@@ -204,7 +224,7 @@ def _loop(plan: Plan, log: MetricsLog) -> None:
         for step in range(plan.start_step, plan.total_steps):
             epoch, index = divmod(step, plan.steps_per_epoch)
             if epoch_steps[0] != epoch:
-                order = epoch_order(len(plan.train_rows), cfg.seed, epoch)
+                order = _epoch_order(plan, epoch)
                 epoch_steps = (
                     epoch,
                     step_batches(plan.train_rows, order, cfg.batch_size, cfg.grad_accum),
@@ -241,6 +261,14 @@ def _loop(plan: Plan, log: MetricsLog) -> None:
     evaluated_last = cfg.eval_every and plan.total_steps % cfg.eval_every == 0
     if plan.eval_rows and not evaluated_last and plan.stopped is None:
         _log(plan, log, {"step": plan.total_steps, **evaluate(plan)})
+
+
+def _epoch_order(plan: Plan, epoch: int) -> list[int]:
+    cfg = plan.cfg
+    if cfg.group_by_length and not cfg.packing:
+        lengths = [sum(len(e.input_ids) for e in row) for row in plan.train_rows]
+        return length_grouped_order(lengths, cfg.seed, epoch, cfg.batch_size * cfg.grad_accum)
+    return epoch_order(len(plan.train_rows), cfg.seed, epoch)
 
 
 def _stop_requested(plan: Plan, step: int, metrics: dict[str, float]) -> bool:

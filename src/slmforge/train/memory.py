@@ -1,77 +1,319 @@
-"""A memory estimate for fine-tuning, checked before training starts.
+"""Will a fine-tuning run fit? The estimate from a model's config alone, and the check
+`slmforge finetune` runs with it before loading any weights.
 
-Rough but conservative: weights + (gradients + AdamW moments) of trainable parameters +
-activations kept for the backward pass + the fp32 logits the loss needs.
+A run's peak memory, per process, is the sum of:
+  runtime      what the framework holds before any tensor (torch + transformers + peft resident
+               on CPU, measured 390 MiB here; a CUDA context on a GPU)
+  weights      the base in its load dtype (fp32 master weights for full fine-tuning, NF4 with
+               double quantization for QLoRA's linear layers)
+  optimizer    trainable parameters x (fp32 weight copy for adapters + gradient + 2 AdamW moments)
+  activations  what autograd keeps per token per layer: every tensor a decoder layer saves for
+               backward, counted for a Llama-style block (two RMSNorms kept in fp32, q/k with
+               rotary copies, GQA key/value repeated to all heads, the attention output, the gated
+               MLP's four intermediate-size tensors, one input copy per LoRA module from
+               dropout), with a fused attention kernel that keeps no score matrix; DoRA
+               adds each adapted weight merged with its adapter, and its norm
+  logits       batch x seq x vocab: the head's output, its fp32 copy, log-softmax, gradient
+Summing them is an upper bound: optimizer moments appear after the first step, when most
+activations are already freed. tests/integration/test_doctor_fit.py compares it with the peak
+memory of a real run of the `small` model; docs/setup.md has the figures.
+
+The check: a run that does not fit as asked but fits with gradient checkpointing gets it switched
+on (and says so); a run that cannot fit at all is refused with what would fit.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from slmforge import progress
+from slmforge.errors import InputError
+from slmforge.train.shape import ModelShape
 
 GIB = 1024**3
-# Bytes of saved activations per token, per layer, per hidden unit, for a decoder block in
-# mixed or full precision without activation checkpointing (order of Korthikanti et al. 2022).
-_ACTIVATION_BYTES_PER_UNIT = 34
+MIB = 1024**2
+RUNTIME = {"cpu": 450 * MIB, "mps": 450 * MIB, "cuda": 512 * MIB}  # torch, a CUDA context
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+_NF4_BITS = 4.127  # 4-bit weights + double-quantized absmax per 64 (QLoRA paper, section 2)
+_NORM_UNITS = 6  # two RMSNorms, each keeping input, rsqrt product and output in fp32
+_LOGIT_FP32_COPIES = 3  # fp32 copy of the shifted logits, log-softmax output, its gradient
 
 
-@dataclass
-class MemoryEstimate:
-    weights: int
-    optimizer: int
-    activations: int
-    available: int | None
-    device: str
+# -- LoRA ----------------------------------------------------------------------------------------
+def _module_dims(shape: ModelShape) -> dict[str, tuple[int, int]]:
+    h, i = shape.hidden, shape.intermediate
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "qkv_proj": (h, q + 2 * kv),
+        "dense": (q, h),
+        "c_attn": (h, q + 2 * kv),
+        "c_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+        "gate_up_proj": (h, 2 * i),
+    }
+
+
+def lora_modules(shape: ModelShape) -> list[tuple[int, int]]:
+    """(in, out) of each module one decoder layer adapts with slmforge's default targets."""
+    from slmforge.train.methods import DEFAULT_TARGETS
+
+    names = DEFAULT_TARGETS.get(shape.model_type, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    dims = _module_dims(shape)
+    return [dims[name] for name in names if name in dims]
+
+
+def trainable_params(shape: ModelShape, method: str, rank: int) -> int:
+    if method == "full":
+        return shape.params
+    modules = lora_modules(shape)
+    per_layer = sum(rank * (n_in + n_out) for n_in, n_out in modules)
+    if method == "dora":
+        per_layer += sum(n_out for _, n_out in modules)  # the magnitude vectors
+    return shape.layers * per_layer
+
+
+# -- the estimate --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes by component; `total` is their sum."""
+
+    components: dict[str, int]
 
     @property
     def total(self) -> int:
-        return self.weights + self.optimizer + self.activations
-
-    @property
-    def fits(self) -> bool:
-        return self.available is None or self.total <= self.available
+        return sum(self.components.values())
 
     def describe(self) -> str:
-        avail = "unknown" if self.available is None else f"{self.available / GIB:.1f} GiB"
-        return (
-            f"estimated {self.total / GIB:.2f} GiB (weights {self.weights / GIB:.2f}, "
-            f"grads+optimizer {self.optimizer / GIB:.2f}, "
-            f"activations {self.activations / GIB:.2f}) "
-            f"vs {avail} available on {self.device}"
-        )
+        parts = ", ".join(f"{name} {gib(size)}" for name, size in self.components.items())
+        return f"~{gib(self.total)} ({parts})"
 
 
+def gib(size: int | float) -> str:
+    return f"{size / GIB:.1f} GiB"
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Measured here on the
+    0.5B shape (docs/finetune.md): with it, bf16 LoRA steps ran 2x faster than fp32; without
+    it (oneDNN limited to AVX-512 without BF16) 2x slower, and on AVX2 alone far slower still."""
+    import torch
+
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def train_dtype(
+    requested: str,
+    device: str,
+    method: str = "lora",
+    checkpoint: str | None = None,
+    cpu_bf16: bool | None = None,
+) -> str:
+    """The compute dtype `slmforge finetune --precision` picks on `device`.
+
+    auto: bf16 on CUDA (the caller falls back to fp16 where bf16 is unsupported). On a CPU that
+    computes bf16 natively (`cpu_bf16`, detected when None), adapter methods keep a bf16
+    checkpoint's base in bf16: half the weight memory and faster steps. Everything else trains
+    in fp32: full fine-tuning keeps fp32 master weights, an fp32 checkpoint stays fp32, and a CPU
+    without native bf16 would run bf16 steps far slower."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "bf16"
+    if device == "cpu" and checkpoint == "bf16" and method in ("lora", "dora"):
+        native = cpu_computes_bf16() if cpu_bf16 is None else cpu_bf16
+        return "bf16" if native else "fp32"
+    return "fp32"
+
+
+def _weights(shape: ModelShape, method: str, dtype: str) -> int:
+    if method == "full":
+        return shape.params * 4  # full fine-tuning keeps fp32 master weights
+    if method == "qlora":
+        linear = shape.layer_linear_params
+        return int(linear * _NF4_BITS / 8) + (shape.params - linear) * DTYPE_BYTES[dtype]
+    return shape.params * DTYPE_BYTES[dtype]
+
+
+def activation_bytes_per_token(
+    shape: ModelShape, method: str, dtype: str, gradient_checkpointing: bool
+) -> int:
+    """What autograd keeps per token of a micro-batch, over all layers (logits excluded)."""
+    b, h = DTYPE_BYTES[dtype], shape.hidden
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    saved = h + 2 * (q + kv) + kv  # projection input, q/k and their rotary copies, v
+    saved += 2 * q if kv < q else 0  # keys and values repeated to every head (GQA)
+    saved += 2 * q + h  # attention output, o_proj input, MLP input
+    saved += 4 * shape.intermediate  # gate, activation, up, product
+    if method != "full":
+        saved += sum(n_in for n_in, _ in lora_modules(shape))  # dropout copies of inputs
+    layer = saved * b + _NORM_UNITS * h * 4
+    if gradient_checkpointing:
+        # layer inputs, plus the one layer recomputed in backward and its gradients
+        return shape.layers * h * b + 2 * layer
+    return shape.layers * layer
+
+
+def finetune_estimate(
+    shape: ModelShape,
+    method: str,
+    dtype: str,
+    device: str,
+    batch: int,
+    seq: int,
+    rank: int = 16,
+    gradient_checkpointing: bool = False,
+    logit_tokens: int | None = None,
+) -> Estimate:
+    """Peak bytes of one process; `logit_tokens` is how many positions of a micro-batch get
+    logits (training computes them only where a label is predicted; default: every token)."""
+    tokens = batch * seq
+    trainable = trainable_params(shape, method, rank)
+    state_bytes = 12 if method == "full" else 16  # (+ fp32 copy) + gradient + two moments
+    logit_bytes = DTYPE_BYTES[dtype] + 4 * _LOGIT_FP32_COPIES
+    per_token = activation_bytes_per_token(shape, method, dtype, gradient_checkpointing)
+    activations = tokens * per_token
+    if method == "dora":  # DoRA builds each adapted weight (W + BA) and its norm every step
+        merged = sum(n_in * n_out for n_in, n_out in lora_modules(shape))
+        activations += 2 * shape.layers * merged * DTYPE_BYTES[dtype]
+    return Estimate(
+        {
+            "runtime": RUNTIME.get(device, RUNTIME["cpu"]),
+            "weights": _weights(shape, method, dtype),
+            "optimizer": trainable * state_bytes,
+            "activations": activations,
+            "logits": min(tokens, logit_tokens or tokens) * shape.vocab * logit_bytes,
+        }
+    )
+
+
+def largest(fits: Callable[[int], bool], low: int, high: int) -> int:
+    """The largest n in [low, high] with fits(n), assuming fits is monotone; low-1 if none."""
+    if not fits(low):
+        return low - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
+# -- the check before loading --------------------------------------------------------------------
 def available_bytes(device: str) -> int | None:
+    """Memory this process may grow to on `device`: free memory plus what it holds already
+    (the estimate counts the runtime this process has loaded); None where unknown (MPS)."""
     import torch
 
     if device == "cuda":
         free, _total = torch.cuda.mem_get_info()
-        return int(free)
+        return int(free) + torch.cuda.memory_allocated()
     if device == "cpu":
         import psutil
 
-        return int(psutil.virtual_memory().available)
+        return int(psutil.virtual_memory().available) + psutil.Process().memory_info().rss
     return None
 
 
-def estimate(
-    model: Any, micro_batch: int, seq_len: int, device: str, gradient_checkpointing: bool = False
-) -> MemoryEstimate:
-    params = list(model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    config = model.config
-    hidden = getattr(config, "hidden_size", 0)
-    layers = getattr(config, "num_hidden_layers", 0)
-    vocab = getattr(config, "vocab_size", 0)
-    act_layers = 1 if gradient_checkpointing else layers
-    tokens = micro_batch * seq_len
-    activations = tokens * hidden * act_layers * _ACTIVATION_BYTES_PER_UNIT
-    activations += tokens * vocab * 4 * 3  # logits, their fp32 copy, and the gradient
-    return MemoryEstimate(
-        weights=weights,
-        optimizer=trainable * (4 + 8),  # fp32 gradient + two AdamW moments
-        activations=activations,
-        available=available_bytes(device),
-        device=device,
+def local_processes(world: int) -> int:
+    """Training processes sharing this machine's memory (torchrun sets LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a fine-tuning run asks for, as the estimate needs it."""
+
+    method: str
+    dtype: str
+    device: str
+    batch: int  # rows per micro-batch of one process
+    seq: int  # tokens of the longest row
+    rank: int
+    gradient_checkpointing: bool
+    processes: int = 1  # data-parallel processes (--batch-size is split across them)
+    trained: int | None = None  # most trained tokens in a row (None: every token gets logits)
+
+    def estimate(self, shape: ModelShape, **changes: object) -> Estimate:
+        run = {**self.__dict__, **changes}
+        return finetune_estimate(
+            shape,
+            run["method"],
+            run["dtype"],
+            run["device"],
+            run["batch"],
+            run["seq"],
+            run["rank"],
+            run["gradient_checkpointing"],
+            run["batch"] * run["trained"] if run["trained"] else None,
+        )
+
+
+def check_run(shape: ModelShape, run: RunShape, available: int | None, strict: bool) -> bool:
+    """Whether to train with gradient checkpointing; raises InputError when nothing fits.
+
+    A run that fits as asked keeps its settings. One that fits only with gradient checkpointing
+    gets it switched on (with `strict`, the run stops instead). One that does not fit either way
+    is refused, naming what would fit."""
+    asked = run.estimate(shape)
+    if available is None or asked.total <= available:
+        where = "unknown" if available is None else gib(available)
+        progress.info(f"memory: needs {asked.describe()}; available on {run.device}: {where}")
+        return run.gradient_checkpointing
+    checkpointed = run.estimate(shape, gradient_checkpointing=True)
+    if checkpointed.total <= available and not strict:
+        progress.warn(
+            f"memory: this run needs {gib(asked.total)} but {gib(available)} is available on "
+            f"{run.device}; gradient checkpointing is on, which brings it to "
+            f"{gib(checkpointed.total)} (slower steps: activations are recomputed in backward)"
+        )
+        return True
+    needs = f"finetune: this run needs {asked.describe()}"
+    if not run.gradient_checkpointing:
+        needs += f"; {gib(checkpointed.total)} with gradient checkpointing"
+    raise InputError(
+        f"{needs}; {gib(available)} is available on {run.device}. "
+        + what_would_fit(shape, run, available)
     )
+
+
+def what_would_fit(shape: ModelShape, run: RunShape, available: int) -> str:
+    """The changes that would make `run` fit in `available` bytes, each with gradient
+    checkpointing on (finetune switches it on itself unless --strict-memory)."""
+    run = RunShape(**{**run.__dict__, "gradient_checkpointing": True})
+    options = []
+    if run.estimate(shape).total <= available:  # only --strict-memory stopped it
+        options.append("--gradient-checkpointing")
+    if run.dtype == "fp32" and run.method != "full":
+        bf16 = run.estimate(shape, dtype="bf16")
+        if bf16.total <= available:
+            slow = run.device == "cpu" and not cpu_computes_bf16()
+            note = ", slow steps: this CPU has no native bf16" if slow else ""
+            options.append(f"--precision bf16 ({gib(bf16.total)}{note})")
+    batch = largest(lambda b: run.estimate(shape, batch=b).total <= available, 1, run.batch)
+    if 1 <= batch < run.batch:
+        options.append(
+            f"--batch-size {batch * run.processes} (raise --grad-accum to keep the rows per step)"
+        )
+    seq = largest(lambda s: run.estimate(shape, seq=s).total <= available, 16, run.seq)
+    if 16 <= seq < run.seq:
+        options.append(f"--max-seq-len {seq}")
+    qlora = run.estimate(shape, method="qlora", device="cuda", dtype="bf16")
+    if run.method in ("lora", "dora") and run.device == "cuda" and qlora.total <= available:
+        options.append(f"--method qlora ({gib(qlora.total)})")
+    hint = ""
+    if run.method in ("lora", "dora") and run.device != "cuda":
+        hint = f" On a CUDA GPU, --method qlora would need ~{gib(qlora.total)}."
+    if not options:
+        least = run.estimate(shape, batch=1, seq=16)
+        return (
+            f"Even 1 row of 16 tokens with gradient checkpointing needs {gib(least.total)}: "
+            f"use a smaller model or a machine with more memory.{hint}"
+        )
+    return "What would fit: " + "; ".join(options) + f"; or a smaller model.{hint}"

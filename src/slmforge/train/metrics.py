@@ -12,28 +12,41 @@ import torch
 from slmforge.train.collate import IGNORE
 
 
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The token each position must predict: the next label, IGNORE at the end of a row."""
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
+def loss_and_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Summed cross-entropy of `logits` (positions x vocabulary) against `targets` (positions;
+    IGNORE is skipped), correct argmax predictions, and counted positions.
+
+    Accuracy looks only at the counted positions, without building a graph."""
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    targets = targets.to(logits.device)
+    loss_sum = torch.nn.functional.cross_entropy(
+        logits, targets, ignore_index=IGNORE, reduction="sum"
+    )
+    counted = (targets != IGNORE).nonzero().squeeze(-1)
+    with torch.no_grad():
+        hits = (logits[counted].argmax(-1) == targets[counted]).sum().item()
+    return loss_sum, int(hits), int(counted.numel())
+
+
 def token_loss_and_hits(
     logits: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, int, int]:
-    """Summed next-token cross-entropy, correct argmax predictions, and counted tokens.
+    """Summed next-token cross-entropy, correct argmax predictions, and counted tokens, from
+    the logits of every position (batch x sequence x vocabulary).
 
     The labels are shifted, not the logits: slicing the logits would copy the largest tensor
-    of the step (batch x sequence x vocabulary) and keep the copy alive for the backward pass.
-    Accuracy looks only at the counted positions, without building a graph.
+    of the step and keep the copy alive for the backward pass. Training computes logits only
+    where a label is predicted (`loss_and_hits` on `logits_to_keep` positions); this is the
+    path for models that cannot.
     """
     vocab = logits.size(-1)
-    shifted_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
-    flat_labels = shifted_labels.reshape(-1).to(logits.device)
-    flat_logits = logits.reshape(-1, vocab)
-    if flat_logits.dtype != torch.float32:
-        flat_logits = flat_logits.float()
-    loss_sum = torch.nn.functional.cross_entropy(
-        flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum"
-    )
-    counted = (flat_labels != IGNORE).nonzero().squeeze(-1)
-    with torch.no_grad():
-        hits = (flat_logits[counted].argmax(-1) == flat_labels[counted]).sum().item()
-    return loss_sum, int(hits), int(counted.numel())
+    return loss_and_hits(logits.reshape(-1, vocab), shifted_targets(labels).reshape(-1))
 
 
 def counted_tokens(labels: torch.Tensor) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,21 @@ from slmforge import progress
 from slmforge.artifacts import artifact, check_output, source_of
 from slmforge.config.finetune import FinetuneConfig
 from slmforge.data.formats import read_examples
-from slmforge.errors import InputError
+from slmforge.errors import InputError, ModelError
 from slmforge.train import checkpoint as ckpt
 from slmforge.train.collate import Encoded, encode, pack
 from slmforge.train.distributed import DistContext, unwrap
 from slmforge.train.loop import Plan, fit
-from slmforge.train.memory import estimate
+from slmforge.train.memory import (
+    RunShape,
+    available_bytes,
+    check_run,
+    local_processes,
+    train_dtype,
+)
 from slmforge.train.methods import get_method
 from slmforge.train.metrics import MetricsLog
+from slmforge.train.shape import ModelShape, read_shape
 
 EvalHook = Callable[[int, dict[str, float]], "str | None"]
 
@@ -48,21 +56,27 @@ def pick_device(requested: str) -> str:
     return "cpu"
 
 
-def _precision(cfg: FinetuneConfig, device: str) -> tuple[torch.dtype, torch.dtype | None]:
-    """(dtype to load the base weights in, autocast dtype or None)."""
-    precision = cfg.precision
-    if precision == "auto":
-        if device == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
-    if precision == "fp32":
-        return torch.float32, None
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compute_precision(cfg: FinetuneConfig, device: str, checkpoint: str | None) -> str:
+    """fp32, bf16 or fp16: `--precision`, or for auto what `train_dtype` picks for this device,
+    method and checkpoint dtype (a bf16 checkpoint keeps a bf16 base under adapters on CPU)."""
+    precision = train_dtype(cfg.precision, device, cfg.method, checkpoint)
+    if device == "cuda" and cfg.precision == "auto" and not torch.cuda.is_bf16_supported():
+        precision = "fp16"
     if device == "cpu" and precision == "fp16":
         raise InputError("--precision fp16 is not supported for training on CPU; use fp32 or bf16")
-    half = torch.bfloat16 if precision == "bf16" else torch.float16
+    return precision
+
+
+def torch_dtypes(method: str, precision: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype to load the base weights in, autocast dtype or None)."""
+    if precision == "fp32":
+        return torch.float32, None
+    half = _TORCH_DTYPES[precision]
     # Full fine-tuning keeps fp32 master weights; adapters train over a half-precision base.
-    return (torch.float32 if cfg.method == "full" else half), half
+    return (torch.float32 if method == "full" else half), half
 
 
 def check_paths(cfg: FinetuneConfig) -> Path:
@@ -130,6 +144,56 @@ def load_data(
     return _encode_all(tokenizer, train, cfg), _encode_all(tokenizer, evals, cfg), evals
 
 
+def selects_logits(model: Any) -> bool:
+    """Whether the model computes logits at chosen positions only (a boolean `logits_to_keep`,
+    which transformers' `slice_logits_to_keep` handles; custom model code may not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = sys.modules.get(type(base).__module__)
+    return module is not None and hasattr(module, "slice_logits_to_keep")
+
+
+def _model_shape(cfg: FinetuneConfig) -> ModelShape | None:
+    try:
+        return read_shape(cfg.model, cfg.trust_remote_code)
+    except ModelError as exc:  # not a decoder shape the estimate knows: train without it
+        progress.warn(f"memory: no estimate for this model ({exc})")
+        return None
+
+
+def memory_check(
+    cfg: FinetuneConfig,
+    ctx: DistContext,
+    shape: ModelShape | None,
+    precision: str,
+    device: str,
+    rows: list[list[Encoded]],
+) -> bool:
+    """Check the run's memory estimate before any weights load; returns whether to train with
+    gradient checkpointing (switched on when only that makes the run fit)."""
+    if shape is None:
+        return cfg.gradient_checkpointing
+    run = RunShape(
+        method=cfg.method,
+        dtype=precision,
+        device=device,
+        batch=cfg.batch_size // ctx.world,
+        seq=max(sum(len(e.input_ids) for e in row) for row in rows),
+        rank=cfg.lora_r,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        processes=ctx.world,
+        # transformers' own models compute logits only where a label is predicted
+        trained=None
+        if cfg.trust_remote_code
+        else max(sum(e.trained_tokens for e in row) for row in rows),
+    )
+    available = available_bytes(device)
+    if available is not None and device == "cpu":
+        available //= local_processes(ctx.world)  # processes on one machine share its memory
+    if available is not None and ctx.enabled:  # one figure, so every rank decides alike
+        available = int(ctx.all_sum([available if ctx.is_main else 0])[0])
+    return check_run(shape, run, available, cfg.strict_memory)
+
+
 def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
     from slmforge.models.load import load_causal_lm, load_tokenizer
 
@@ -150,7 +214,10 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
         )
     steps_per_epoch = len(rows) // per_step
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    load_dtype, autocast_dtype = _precision(cfg, device)
+    shape = _model_shape(cfg)
+    precision = compute_precision(cfg, device, shape.dtype if shape else None)
+    checkpointing = memory_check(cfg, ctx, shape, precision, device, rows)
+    load_dtype, autocast_dtype = torch_dtypes(cfg.method, precision)
     model = load_causal_lm(
         cfg.model,
         device=device,
@@ -158,10 +225,10 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
         trust_remote_code=cfg.trust_remote_code,
         **method.load_kwargs(cfg, load_dtype),
     )
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if checkpointing:
+        model.activation_checkpointing_enable()
     torch.manual_seed(cfg.seed)  # adapter initialization is part of the seeded run
-    model = method.prepare(model, cfg)
+    model = method.prepare(model, cfg.model_copy(update={"gradient_checkpointing": checkpointing}))
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()  # trainable weights stay fp32 under autocast
@@ -179,21 +246,10 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
         steps_per_epoch,
         total,
         work,
+        precision=precision,
+        gradient_checkpointing=checkpointing,
+        select_logits=selects_logits(model),
     )
-
-
-def check_memory(plan: Plan) -> None:
-    cfg = plan.cfg
-    micro = cfg.batch_size // plan.ctx.world
-    seq = max((sum(len(e.input_ids) for e in row) for row in plan.train_rows), default=1)
-    guess = estimate(plan.model, micro, seq, plan.device, cfg.gradient_checkpointing)
-    if guess.fits:
-        progress.info(f"memory: {guess.describe()}")
-        return
-    message = f"this run may not fit in memory: {guess.describe()}"
-    if cfg.strict_memory:
-        raise InputError(message + "; lower --batch-size or --max-seq-len, or use LoRA")
-    progress.warn(message)
 
 
 def sample_generations(plan: Plan, count: int) -> list[dict[str, str]]:
@@ -251,6 +307,8 @@ def save(plan: Plan, log: MetricsLog) -> Path:
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_params": sum(p.numel() for p in model.parameters()),
             "text_template": cfg.text_template,
+            "precision": plan.precision,
+            "gradient_checkpointing": plan.gradient_checkpointing,
             "samples": samples,
         }
         if plan.stopped is not None:
@@ -279,7 +337,6 @@ def finetune(cfg: FinetuneConfig, on_eval: EvalHook | None = None) -> Path:
     try:
         plan = setup(cfg, ctx)
         plan.on_eval = on_eval
-        check_memory(plan)
         if ctx.is_main:
             if cfg.force and plan.work.exists():
                 shutil.rmtree(plan.work)
