@@ -7,7 +7,7 @@ Optimize runs in two phases, never both at once (docs/optimize.md, "Memory"):
            whose checkpoints keep q, k and v apart, one quantization chunk, and an untied
            embedding cast to fp32 when it is saved.
   verify   PyTorch over the checkpoint in its own dtype, computing one layer at a time in fp32
-           (the largest layer is the LM head or embedding), and the batch of logits it scores;
+           (the LM head and embedding by row chunks), and the reply positions' logits;
            the ONNX session before it is smaller and is freed first.
 The peak is the larger phase. `slmforge doctor` reports it beside fine-tuning and serving, and
 `slmforge optimize` refuses before any work when it cannot fit.
@@ -27,7 +27,6 @@ BUILD_RUNTIME = 460 * MIB  # python + torch + transformers + onnx-ir + onnxrunti
 VERIFY_RUNTIME = 520 * MIB  # the same plus onnxruntime-genai and peft (measured)
 CHUNK = 2 * 64 * MIB  # one fp32 column chunk and its copy (optimize/builder_run.py)
 _FUSED_BY_CHECKPOINT = {"phi3"}  # families whose checkpoints already fuse qkv and gate/up
-_VERIFY_PROMPT_TOKENS = 64  # a chat-templated verification prompt, generously
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,14 @@ def build_estimate(shape: ModelShape, precision: str, checkpoint: int) -> Estima
 
 def verify_estimate(shape: ModelShape, checkpoint: int, prompts: int, tokens: int) -> Estimate:
     per_layer = shape.layer_linear_params // max(shape.layers, 1)
-    largest = max(shape.embedding_params, per_layer)
-    positions = prompts * (_VERIFY_PROMPT_TOKENS + tokens)
+    head_chunk = 8192 * shape.hidden  # the LM head and embedding are cast by row chunks
     return Estimate(
         {
             "runtime": VERIFY_RUNTIME,
             "checkpoint (mapped)": checkpoint,
-            "largest layer (fp32)": largest * 4,
-            "logits": positions * shape.vocab * 4 * 2,  # the head's output and its fp32 copy
+            "largest layer (fp32)": max(per_layer, head_chunk) * 4,
+            # reply positions only, for the exact and the rounded pass, plus the head's output
+            "logits": 3 * prompts * (tokens + 1) * shape.vocab * 4,
         }
     )
 
