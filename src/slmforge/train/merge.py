@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from slmforge import progress
-from slmforge.artifacts import artifact, read_manifest, source_of
+from slmforge.artifacts import artifact, source_of
 from slmforge.errors import InputError, ModelError
+from slmforge.models.load import adapter_base
 
 _PREFIX = "base_model.model."
 # adapter_config.json options that leave the merge arithmetic alone (initialisation, training,
@@ -35,19 +36,6 @@ _MERGE_NEUTRAL = {
     "modules_to_save", "peft_type", "peft_version", "qalora_group_size", "r", "rank_pattern",
     "revision", "target_modules", "task_type", "use_dora", "use_rslora",
 }  # fmt: skip
-
-
-def base_of(adapter: Path) -> str:
-    """The base model an adapter was trained on, from its manifest or adapter_config.json."""
-    manifest = read_manifest(adapter)
-    if manifest and "base_model" in manifest.source:
-        return manifest.source["base_model"].path
-    config = adapter / "adapter_config.json"
-    if config.is_file():
-        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if base:
-            return str(base)
-    raise InputError(f"{adapter}: no base model recorded; pass --base")
 
 
 # -- what the adapter changes --------------------------------------------------------------------
@@ -304,7 +292,7 @@ def merge_adapter(
         raise InputError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
-    base = base or base_of(adapter)
+    base = base or adapter_base(adapter)
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base
     tokenizer = load_tokenizer(str(tokenizer_source), trust_remote_code=trust_remote_code)
     with artifact(out, "model", force=force) as art:

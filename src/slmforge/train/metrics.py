@@ -49,11 +49,6 @@ def token_loss_and_hits(
     return loss_and_hits(logits.reshape(-1, vocab), shifted_targets(labels).reshape(-1))
 
 
-def counted_tokens(labels: torch.Tensor) -> int:
-    """Tokens that contribute to the loss (labels are shifted by one inside the loss)."""
-    return int((labels[:, 1:] != IGNORE).sum().item())
-
-
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
