@@ -14,8 +14,9 @@ RSS and the ratios against the plain Trainer. The runs:
   slmforge-bf16      `--precision bf16`: a bf16 base under autocast, even from an fp32 checkpoint
   baseline-bf16      the Trainer with `bf16=True` (autocast over the checkpoint's weights)
 
-Each tool loads the checkpoint in its own dtype. A bf16 checkpoint gets bf16 compute in both
-(`dtype=bfloat16` and `bf16=True` for the Trainer), as slmforge picks on a CPU with native bf16.
+Both load the checkpoint in its dtype: an fp32 checkpoint trains in fp32, a bf16 one in bf16
+(`dtype=bfloat16` and `bf16=True` for the Trainer; slmforge's default on a CPU with native bf16).
+Both are timed alike (`StepClock`); use --threads 1 on a shared machine (docs/benchmarks.md).
 Run:
 
     .venv/bin/python benchmarks/finetune_throughput.py            # builds the `small` model once
