@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Usage
-from slmforge.serve.filters import FilterVerdict
+from slmforge.safety.verdicts import FilterVerdict
 
 
 class Scripted(BaseEngine):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from slmforge import progress
 from slmforge.config.serve import ServeConfig
-from slmforge.serve.filters import FilterVerdict
+from slmforge.safety.verdicts import FilterVerdict
 from slmforge.serve.models import load_served
 from slmforge.serve.server import RunningServer, Server, start_in_thread
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from slmforge.config.serve import ServeConfig
-from slmforge.serve.filters import FilterVerdict
+from slmforge.safety.verdicts import FilterVerdict
 from slmforge.serve.server import RunningServer, start_in_thread
 
 pytestmark = pytest.mark.integration

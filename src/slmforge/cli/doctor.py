@@ -13,8 +13,9 @@ import typer
 
 from slmforge.config import validate
 from slmforge.config.doctor import FitConfig
-from slmforge.config.finetune import Device, Method
+from slmforge.config.finetune import Device
 from slmforge.config.finetune import Precision as TrainPrecision
+from slmforge.config.methods import MethodName
 from slmforge.config.precisions import OnnxPrecision
 from slmforge.errors import InputError
 
@@ -70,7 +71,7 @@ def doctor(
         False, "--json", help="Print the report as JSON (schema in docs/setup.md)."
     ),
     model: str | None = typer.Option(None, "--model", help=_help("model")),
-    method: Method | None = typer.Option(None, "--method", help=_help("method")),
+    method: MethodName | None = typer.Option(None, "--method", help=_help("method")),
     precision: OnnxPrecision | None = typer.Option(None, "--precision", help=_help("precision")),
     train_precision: TrainPrecision | None = typer.Option(
         None, "--train-precision", help=_help("train_precision")

@@ -9,8 +9,14 @@ from pydantic import Field, model_validator
 
 from slmforge.config import StrictModel
 from slmforge.config.data import ReadOptions
+from slmforge.config.methods import (
+    FINETUNE_METHODS,
+    MethodName,
+    ObjectiveName,
+    get_finetune_method,
+    methods_help,
+)
 
-Method = Literal["lora", "qlora", "dora", "full"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -20,7 +26,10 @@ class FinetuneConfig(ReadOptions):
     data: Path = Field(description="Training data (any format `slmforge data` reads).")
     eval_data: Path | None = Field(None, description="Held-out data for eval loss/accuracy.")
     out: Path = Field(description="Output folder (adapter, or full model for --method full).")
-    method: Method = Field("lora", description="lora, qlora (CUDA), dora or full.")
+    method: MethodName = Field("lora", description=f"{methods_help()}.")
+    objective: ObjectiveName = Field(
+        "sft", description="Training objective: sft (loss on the assistant's answer tokens)."
+    )
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps (overrides epochs).")
     epochs: float = Field(1.0, gt=0, description="Passes over the data when --max-steps is unset.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
@@ -61,7 +70,7 @@ class FinetuneConfig(ReadOptions):
     precision: Precision = Field(
         "auto",
         description="auto: bf16/fp16 on CUDA; on CPU bf16 under adapters when the checkpoint "
-        "is bf16, else fp32.",
+        "is bf16 and the CPU computes bf16 natively (AVX512-BF16 or AMX), else fp32.",
     )
     gradient_checkpointing: bool = Field(
         False,
@@ -82,8 +91,9 @@ class FinetuneConfig(ReadOptions):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> FinetuneConfig:
-        if self.method == "full" and self.merge:
-            raise ValueError("--merge only applies to adapter methods (lora, qlora, dora)")
+        if self.merge and not get_finetune_method(self.method).adapter:
+            adapters = ", ".join(m.name for m in FINETUNE_METHODS.values() if m.adapter)
+            raise ValueError(f"--merge only applies to adapter methods ({adapters})")
         if self.resume and self.force:
             raise ValueError("--resume and --force contradict each other; pick one")
         return self

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmforge.config.doctor import FitConfig
+from slmforge.config.methods import get_finetune_method
 from slmforge.train.memory import DTYPE_BYTES as _DTYPE_BYTES
 from slmforge.train.memory import (
     GIB,
@@ -129,10 +130,8 @@ class FitReport:
 
 def _problems(cfg: FitConfig, device: str, dtype: str) -> list[str]:
     problems = []
-    if cfg.method == "qlora" and device != "cuda":
-        problems.append(
-            f"--method qlora needs a CUDA GPU (bitsandbytes 4-bit); this check is for '{device}'"
-        )
+    if get_finetune_method(cfg.method).cuda_only and device != "cuda":
+        problems.append(f"--method {cfg.method} needs a CUDA GPU; this check is for '{device}'")
     if device == "cpu" and dtype == "fp16":
         problems.append("--train-precision fp16 is not supported for training on CPU")
     return problems

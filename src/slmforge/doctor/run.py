@@ -6,6 +6,7 @@ from typing import Any
 
 from slmforge import progress
 from slmforge.config.doctor import FitConfig
+from slmforge.config.methods import get_finetune_method, quantized_adapter_method
 from slmforge.doctor.facts import Facts
 from slmforge.doctor.fit import FitReport, check_fit, read_shape
 from slmforge.doctor.report import CHECKS, Check, CheckFn, Report
@@ -51,8 +52,9 @@ def _finetune_fix(fit: FitReport) -> str:
         options.append(f"--max-seq-len {fit.max_seq_len} (the most at batch {cfg.batch_size})")
     if not cfg.gradient_checkpointing:
         options.append("--gradient-checkpointing")
-    if cfg.method != "qlora" and fit.device == "cuda":
-        options.append("--method qlora")
+    quantized = quantized_adapter_method()
+    if quantized and get_finetune_method(cfg.method).base_bits is None and fit.device == "cuda":
+        options.append(f"--method {quantized.name}")
     if not options:
         return "use a smaller model or a machine with more memory"
     return "try " + ", ".join(options) + ", or a smaller model"

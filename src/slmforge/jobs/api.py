@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from slmforge import __version__
 from slmforge.config.jobs import JobsServeConfig
+from slmforge.config.methods import OBJECTIVES
 from slmforge.errors import SlmforgeError
 from slmforge.http import errors
 from slmforge.http.auth import ApiKeys
@@ -65,6 +66,7 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
 
 def job_object(job: Job) -> dict[str, Any]:
     hyper = job.hyperparameters
+    kind = OBJECTIVES[job.config.get("objective", "sft")].openai_type
     return {
         "object": "fine_tuning.job",
         "id": job.id,
@@ -85,10 +87,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "estimated_finish": None,
         "integrations": [],
         "metadata": job.metadata,
-        "method": {
-            "type": "supervised",
-            "supervised": {"hyperparameters": hyper},
-        },
+        "method": {"type": kind, kind: {"hyperparameters": hyper}},
     }
 
 

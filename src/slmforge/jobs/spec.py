@@ -20,13 +20,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slmforge.config import validate
 from slmforge.config.finetune import FinetuneConfig
+from slmforge.config.methods import FINETUNE_METHODS, OBJECTIVES
 from slmforge.errors import ConfigError, SlmforgeError
 from slmforge.http.errors import APIError
 from slmforge.jobs.store import JobStore
 
 DEFAULT_EPOCHS = 3
-# The training methods a request's `method.type` may name; "supervised" is LoRA.
-METHODS = {"supervised": "lora", "lora": "lora", "dora": "dora", "qlora": "qlora", "full": "full"}
+
+
+def request_methods() -> dict[str, tuple[str, str]]:
+    """What a request's `method.type` may name, as (fine-tuning method, objective): OpenAI's
+    objective types ("supervised") train a LoRA adapter with that objective; slmforge's method
+    names ("lora", "dora", "qlora", "full") train supervised with that method. Both registries
+    live in `config/methods.py`."""
+    by_objective = {o.openai_type: ("lora", o.name) for o in OBJECTIVES.values()}
+    return by_objective | {m: (m, "sft") for m in FINETUNE_METHODS}
+
+
 # slmforge options a request may set beside the OpenAI hyperparameters.
 EXTENSIONS = {
     "max_steps",
@@ -41,6 +51,7 @@ EXTENSIONS = {
     "max_grad_norm",
     "grad_accum",
     "packing",
+    "group_by_length",
     "train_on_prompt",
     "text_template",
     "save_every",
@@ -112,14 +123,15 @@ def model_name(base: str, suffix: str | None, job_id: str) -> str:
     return f"ft:{label}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def _hyperparameters(request: JobRequest) -> tuple[dict[str, Any], str, str]:
-    """(hyperparameters, training method, the request field they came from)."""
+def _hyperparameters(request: JobRequest) -> tuple[dict[str, Any], tuple[str, str], str]:
+    """(hyperparameters, (training method, objective), the request field they came from)."""
     hyper = dict(request.hyperparameters or {})
+    methods = request_methods()
     if request.method is None:
-        return hyper, "lora", "hyperparameters"
+        return hyper, methods["supervised"], "hyperparameters"
     kind = request.method.get("type")
-    if kind not in METHODS:
-        known = ", ".join(METHODS)
+    if kind not in methods:
+        known = ", ".join(methods)
         raise _bad(f"method.type {kind!r} is not supported here (supported: {known}).", "method")
     extra = set(request.method) - {"type", kind}
     if extra:
@@ -133,7 +145,7 @@ def _hyperparameters(request: JobRequest) -> tuple[dict[str, Any], str, str]:
             "Give hyperparameters either at the top level or in method, not both.",
             "hyperparameters",
         )
-    return nested or hyper, METHODS[kind], f"method.{kind}.hyperparameters"
+    return nested or hyper, methods[kind], f"method.{kind}.hyperparameters"
 
 
 def _auto(value: Any, default: Any) -> Any:
@@ -150,7 +162,7 @@ def build_config(
     device: str,
 ) -> tuple[FinetuneConfig, dict[str, Any], int]:
     """(the validated FinetuneConfig, the job's OpenAI hyperparameters, total steps)."""
-    hyper, method, where = _hyperparameters(request)
+    hyper, (method, objective), where = _hyperparameters(request)
     known = {"n_epochs", "batch_size", "learning_rate_multiplier"} | EXTENSIONS
     for name in hyper:
         if name not in known:
@@ -168,6 +180,7 @@ def build_config(
         "data": str(store.file_path(files["training_file"])),
         "out": str(out),
         "method": method,
+        "objective": objective,
         "epochs": epochs,
         "batch_size": batch,
         "lr": lr_default * multiplier if isinstance(multiplier, int | float) else multiplier,

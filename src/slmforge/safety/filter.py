@@ -1,6 +1,6 @@
 """The severity policy: classifiers' results -> block or pass, with Azure-style annotations.
 
-`SafetyFilter` is the server's `ContentFilter` (serve/filters.py): `check_input` sees a
+`SafetyFilter` is the server's `ContentFilter` (safety/verdicts.py): `check_input` sees a
 request's prompt messages, `check_output` an answer's text so far (the server calls it on
 growing windows of a streamed answer, so harm is cut off early). Every verdict carries
 `results` in Azure OpenAI's `content_filter_results` shape:

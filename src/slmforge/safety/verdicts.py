@@ -3,7 +3,7 @@
 `ContentFilter` is the interface `safety.filter.SafetyFilter` implements (severity per harm
 category, thresholds, jailbreak detection). With no filter configured the server uses
 `NoFilter`, which passes everything and adds nothing to responses. It lives in `safety`, below
-the servers and the router that call it (`serve/filters.py` re-exports it for serve's modules).
+the servers and the router that call it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from slmforge.http import errors
 from slmforge.http.auth import ApiKeys
 from slmforge.http.errors import APIError
 from slmforge.http.guard import OPEN_PATHS, Guard, GuardPolicy
-from slmforge.serve.filters import ContentFilter, FilterVerdict, NoFilter
+from slmforge.safety.verdicts import ContentFilter, FilterVerdict, NoFilter
 from slmforge.serve.metrics import ServerMetrics
 from slmforge.serve.models import ServedModel
 from slmforge.serve.scheduler import Scheduler
@@ -36,7 +36,7 @@ class ServerState:
     served: ServedModel | None = None
     load_error: str | None = None
     scheduler: Scheduler | None = None
-    router: Any = None  # app.router.Router with --route: it answers chat requests
+    router: Any = None  # routing.router.Router with --route: it answers chat requests
 
     def ready(self) -> ServedModel:
         if self.served is None:

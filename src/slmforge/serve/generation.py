@@ -14,10 +14,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from slmforge.http.streams import iterate_in_thread
 from slmforge.runtime.engine import Delta, GenParams, Usage
-from slmforge.serve.filters import NoFilter
+from slmforge.safety.verdicts import NoFilter
 from slmforge.serve.metrics import ServerMetrics
-from slmforge.serve.scheduler import iterate_in_thread
 
 # With a content filter, text is released in pieces of at least this many characters.
 FILTER_CHUNK_CHARS = 80

@@ -19,6 +19,7 @@ from fastapi import Request
 
 from slmforge.errors import InputError
 from slmforge.http.errors import APIError
+from slmforge.http.streams import iterate_in_thread
 from slmforge.routing.router import Decision, Event, Part, settled
 from slmforge.runtime.engine import Usage
 from slmforge.serve.app import ServerState
@@ -33,7 +34,6 @@ from slmforge.serve.protocol import (
     UsageInfo,
     response_head,
 )
-from slmforge.serve.scheduler import iterate_in_thread
 from slmforge.serve.serving import bad_request, respond
 from slmforge.serve.serving_chat import chat_chunks, chat_inputs, delta_chunk
 

@@ -1,6 +1,6 @@
-"""Admission and concurrency: a bounded number of generations and a bounded queue. The bridge
-from the engines' blocking token streams to asyncio is `http/streams.py:iterate_in_thread`
-(the web app streams through it too); it is re-exported here for the serve modules.
+"""Admission and concurrency: a bounded number of generations and a bounded queue. (The bridge
+from the engines' blocking token streams to asyncio is `http/streams.py:iterate_in_thread`,
+shared with the web app.)
 """
 
 from __future__ import annotations
@@ -8,10 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-
-from slmforge.http.streams import iterate_in_thread
-
-__all__ = ["QueueFull", "Scheduler", "iterate_in_thread"]
 
 
 class QueueFull(Exception):

@@ -21,8 +21,8 @@ from slmforge.errors import InputError
 from slmforge.http.errors import APIError
 from slmforge.progress import warn
 from slmforge.runtime.engine import Delta, Usage
+from slmforge.safety.verdicts import FilterVerdict
 from slmforge.serve.app import ServerState
-from slmforge.serve.filters import FilterVerdict
 from slmforge.serve.generation import Recorder, screened
 from slmforge.serve.protocol import OpenAIObject, PromptFilterResult, UsageInfo
 from slmforge.serve.scheduler import QueueFull, Scheduler

@@ -14,8 +14,8 @@ from fastapi import Request
 
 from slmforge.runtime.engine import Delta, Usage
 from slmforge.runtime.local import ContextLengthError
+from slmforge.safety.verdicts import FilterVerdict
 from slmforge.serve.app import ServerState
-from slmforge.serve.filters import FilterVerdict
 from slmforge.serve.generation import Recorder, choice_params, collect, engine_deltas
 from slmforge.serve.protocol import (
     AssistantMessage,

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from slmforge import progress
+from slmforge.config.methods import get_finetune_method, quantized_adapter_method
 from slmforge.errors import InputError
 from slmforge.train.shape import ModelShape
 
@@ -36,7 +37,7 @@ GIB = 1024**3
 MIB = 1024**2
 RUNTIME = {"cpu": 450 * MIB, "mps": 450 * MIB, "cuda": 512 * MIB}  # torch, a CUDA context
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-_NF4_BITS = 4.127  # 4-bit weights + double-quantized absmax per 64 (QLoRA paper, section 2)
+_QUANT_SCALE_BITS = 0.127  # NF4's double-quantized absmax per 64 weights (QLoRA paper, sec. 2)
 _NORM_UNITS = 6  # two RMSNorms, each keeping input, rsqrt product and output in fp32
 _LOGIT_FP32_COPIES = 3  # fp32 copy of the shifted logits, log-softmax output, its gradient
 
@@ -71,11 +72,11 @@ def lora_modules(shape: ModelShape) -> list[tuple[int, int]]:
 
 
 def trainable_params(shape: ModelShape, method: str, rank: int) -> int:
-    if method == "full":
+    if not get_finetune_method(method).adapter:
         return shape.params
     modules = lora_modules(shape)
     per_layer = sum(rank * (n_in + n_out) for n_in, n_out in modules)
-    if method == "dora":
+    if get_finetune_method(method).weight_decomposed:
         per_layer += sum(n_out for _, n_out in modules)  # the magnitude vectors
     return shape.layers * per_layer
 
@@ -128,18 +129,21 @@ def train_dtype(
         return requested
     if device == "cuda":
         return "bf16"
-    if device == "cpu" and checkpoint == "bf16" and method in ("lora", "dora"):
+    traits = get_finetune_method(method)
+    if device == "cpu" and checkpoint == "bf16" and traits.adapter and traits.base_bits is None:
         native = cpu_computes_bf16() if cpu_bf16 is None else cpu_bf16
         return "bf16" if native else "fp32"
     return "fp32"
 
 
 def _weights(shape: ModelShape, method: str, dtype: str) -> int:
-    if method == "full":
+    traits = get_finetune_method(method)
+    if not traits.adapter:
         return shape.params * 4  # full fine-tuning keeps fp32 master weights
-    if method == "qlora":
+    if traits.base_bits is not None:
         linear = shape.layer_linear_params
-        return int(linear * _NF4_BITS / 8) + (shape.params - linear) * DTYPE_BYTES[dtype]
+        quantized = int(linear * (traits.base_bits + _QUANT_SCALE_BITS) / 8)
+        return quantized + (shape.params - linear) * DTYPE_BYTES[dtype]
     return shape.params * DTYPE_BYTES[dtype]
 
 
@@ -153,7 +157,7 @@ def activation_bytes_per_token(
     saved += 2 * q if kv < q else 0  # keys and values repeated to every head (GQA)
     saved += 2 * q + h  # attention output, o_proj input, MLP input
     saved += 4 * shape.intermediate  # gate, activation, up, product
-    if method != "full":
+    if get_finetune_method(method).adapter:
         saved += sum(n_in for n_in, _ in lora_modules(shape))  # dropout copies of inputs
     layer = saved * b + _NORM_UNITS * h * 4
     if gradient_checkpointing:
@@ -177,11 +181,12 @@ def finetune_estimate(
     logits (training computes them only where a label is predicted; default: every token)."""
     tokens = batch * seq
     trainable = trainable_params(shape, method, rank)
-    state_bytes = 12 if method == "full" else 16  # (+ fp32 copy) + gradient + two moments
+    traits = get_finetune_method(method)
+    state_bytes = 16 if traits.adapter else 12  # (+ fp32 copy) + gradient + two moments
     logit_bytes = DTYPE_BYTES[dtype] + 4 * _LOGIT_FP32_COPIES
     per_token = activation_bytes_per_token(shape, method, dtype, gradient_checkpointing)
     activations = tokens * per_token
-    if method == "dora":  # DoRA builds each adapted weight (W + BA) and its norm every step
+    if traits.weight_decomposed:  # DoRA builds each adapted weight (W + BA) and its norm per step
         merged = sum(n_in * n_out for n_in, n_out in lora_modules(shape))
         activations += 2 * shape.layers * merged * DTYPE_BYTES[dtype]
     return Estimate(
@@ -290,7 +295,8 @@ def what_would_fit(shape: ModelShape, run: RunShape, available: int) -> str:
     options = []
     if run.estimate(shape).total <= available:  # only --strict-memory stopped it
         options.append("--gradient-checkpointing")
-    if run.dtype == "fp32" and run.method != "full":
+    traits = get_finetune_method(run.method)
+    if run.dtype == "fp32" and traits.adapter:
         bf16 = run.estimate(shape, dtype="bf16")
         if bf16.total <= available:
             slow = run.device == "cpu" and not cpu_computes_bf16()
@@ -304,12 +310,14 @@ def what_would_fit(shape: ModelShape, run: RunShape, available: int) -> str:
     seq = largest(lambda s: run.estimate(shape, seq=s).total <= available, 16, run.seq)
     if 16 <= seq < run.seq:
         options.append(f"--max-seq-len {seq}")
-    qlora = run.estimate(shape, method="qlora", device="cuda", dtype="bf16")
-    if run.method in ("lora", "dora") and run.device == "cuda" and qlora.total <= available:
-        options.append(f"--method qlora ({gib(qlora.total)})")
     hint = ""
-    if run.method in ("lora", "dora") and run.device != "cuda":
-        hint = f" On a CUDA GPU, --method qlora would need ~{gib(qlora.total)}."
+    quantized = quantized_adapter_method()
+    if quantized and traits.adapter and traits.base_bits is None:
+        need = run.estimate(shape, method=quantized.name, device="cuda", dtype="bf16").total
+        if run.device == "cuda" and need <= available:
+            options.append(f"--method {quantized.name} ({gib(need)})")
+        elif run.device != "cuda":
+            hint = f" On a CUDA GPU, --method {quantized.name} would need ~{gib(need)}."
     if not options:
         least = run.estimate(shape, batch=1, seq=16)
         return (

@@ -1,17 +1,18 @@
 """Fine-tuning methods: how to load and prepare the model, and what to save.
 
-One training loop serves them all (train/sft.py); a method only differs in these hooks.
-Register a new one with `@register("name")`.
+One training loop serves them all (train/sft.py); a method only differs in these hooks. The
+names and traits are the registry in `config/methods.py`; a new method is an entry there plus
+its hooks class in `HOOKS` below (a unit test keeps the two in step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slmforge.config.finetune import FinetuneConfig
+from slmforge.config.methods import FINETUNE_METHODS
 from slmforge.errors import ConfigError, InputError, MissingDependencyError
 
 # Attention projections per model_type: the common LoRA default, shared by ONNX adapters.
@@ -63,13 +64,22 @@ def resolve_targets(model: Any, requested: list[str]) -> list[str] | str:
 
 @dataclass
 class MethodBase:
-    """A method is adapter-based (saves an adapter) or full (saves the whole model)."""
+    """LoRA's hooks, which the other methods adjust. Whether a method saves an adapter or the
+    whole model is its registry trait (`FinetuneMethod.adapter`)."""
 
     name: str
-    saves_adapter: bool = True
+
+    @property
+    def saves_adapter(self) -> bool:
+        return FINETUNE_METHODS[self.name].adapter
 
     def check(self, cfg: FinetuneConfig, device: str) -> None:
         """Fail fast on impossible combinations, before anything is loaded."""
+        if FINETUNE_METHODS[self.name].cuda_only and device != "cuda":
+            raise InputError(
+                f"--method {self.name} needs a CUDA GPU; this run would use '{device}'. "
+                "Use --method lora on this machine."
+            )
 
     def load_kwargs(self, cfg: FinetuneConfig, dtype: Any) -> dict[str, Any]:
         return {"dtype": str(dtype).removeprefix("torch.")}
@@ -105,11 +115,7 @@ class Dora(MethodBase):
 @dataclass
 class QLora(MethodBase):
     def check(self, cfg: FinetuneConfig, device: str) -> None:
-        if device != "cuda":
-            raise InputError(
-                "--method qlora needs a CUDA GPU (bitsandbytes 4-bit); this run would use "
-                f"'{device}'. Use --method lora on this machine."
-            )
+        super().check(cfg, device)
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
@@ -137,23 +143,21 @@ class QLora(MethodBase):
 
 @dataclass
 class Full(MethodBase):
-    saves_adapter: bool = False
-
     def prepare(self, model: Any, cfg: FinetuneConfig) -> Any:
         for param in model.parameters():
             param.requires_grad_(True)
         return model
 
 
-METHODS: dict[str, Callable[[], MethodBase]] = {
-    "lora": lambda: MethodBase("lora"),
-    "dora": lambda: Dora("dora"),
-    "qlora": lambda: QLora("qlora"),
-    "full": lambda: Full("full"),
+HOOKS: dict[str, type[MethodBase]] = {
+    "lora": MethodBase,
+    "dora": Dora,
+    "qlora": QLora,
+    "full": Full,
 }
 
 
 def get_method(name: str) -> MethodBase:
-    if name not in METHODS:
-        raise ConfigError(f"--method: '{name}' is not one of {', '.join(METHODS)}")
-    return METHODS[name]()
+    if name not in FINETUNE_METHODS or name not in HOOKS:
+        raise ConfigError(f"--method: '{name}' is not one of {', '.join(FINETUNE_METHODS)}")
+    return HOOKS[name](name)

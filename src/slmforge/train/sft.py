@@ -19,6 +19,7 @@ import torch
 from slmforge import progress
 from slmforge.artifacts import artifact, check_output, source_of
 from slmforge.config.finetune import FinetuneConfig
+from slmforge.config.methods import get_finetune_method
 from slmforge.data.formats import read_examples
 from slmforge.errors import InputError, ModelError
 from slmforge.train import checkpoint as ckpt
@@ -76,7 +77,8 @@ def torch_dtypes(method: str, precision: str) -> tuple[torch.dtype, torch.dtype 
         return torch.float32, None
     half = _TORCH_DTYPES[precision]
     # Full fine-tuning keeps fp32 master weights; adapters train over a half-precision base.
-    return (torch.float32 if method == "full" else half), half
+    adapter = get_finetune_method(method).adapter
+    return (half if adapter else torch.float32), half
 
 
 def check_paths(cfg: FinetuneConfig) -> Path:
