@@ -134,22 +134,11 @@ def _eval(cfg: EvalConfig) -> None:
 
 
 def _deploy(cfg: DeployStageConfig) -> None:
-    import os
-
-    from slmforge.artifacts import atomic_file
     from slmforge.serve import deployments
 
-    if cfg.force and any(d.name == cfg.name for d in deployments.all_deployments()):
-        deployments.delete(cfg.name)
-    _, key = deployments.create(cfg.name, cfg.model, cfg.adapter, cfg.engine, cfg.host, cfg.port)
-    try:
-        with atomic_file(cfg.key_file, force=cfg.force) as temp:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(key + "\n")
-    except BaseException:
-        deployments.delete(cfg.name)  # a deployment whose key is lost is of no use
-        raise
+    deployments.create_with_key_file(
+        cfg.name, cfg.model, cfg.adapter, cfg.engine, cfg.host, cfg.port, cfg.key_file, cfg.force
+    )
 
 
 def _deploy_env(cfg: DeployStageConfig) -> dict[str, str]:

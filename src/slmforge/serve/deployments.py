@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from slmforge.artifacts import atomic_file
 from slmforge.config import parse_adapter_options
 from slmforge.errors import InputError, RunError
 from slmforge.home import slmforge_home
@@ -257,6 +258,33 @@ def create(
         stop(deployment)
         raise
     return deployment, key
+
+
+def create_with_key_file(
+    name: str,
+    model: str,
+    adapters: list[str],
+    engine: str,
+    host: str,
+    port: int,
+    key_file: Path,
+    force: bool = False,
+) -> Deployment:
+    """`create`, with the API key written to `key_file` (mode 600) instead of shown: what a
+    workflow's deploy stage does. `force` replaces a deployment of this name and the file; a
+    deployment whose key could not be written is deleted again (no one could call it)."""
+    if force and any(d.name == name for d in all_deployments()):
+        delete(name)
+    deployment, key = create(name, model, adapters, engine, host, port)
+    try:
+        with atomic_file(key_file, force=force) as temp:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(key + "\n")
+    except BaseException:
+        delete(name)
+        raise
+    return deployment
 
 
 def check_route(model: str, route: dict[str, str]) -> None:
