@@ -232,16 +232,21 @@ def test_ignored_fields_are_accepted(server, client) -> None:
     assert reply.choices[0].message.content is not None
 
 
-def test_over_long_prompt_is_413(server) -> None:
+def test_over_long_prompt_is_400_context_length_exceeded_as_openai_answers(
+    server, client
+) -> None:
     context = server.server.state.served.engine.context_length
     text = "travel " * (context + 10)
-    response = httpx.post(
-        f"{server.url}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {KEY}"},
-        json={"model": base_name(server), "messages": [{"role": "user", "content": text}]},
-    )
-    assert response.status_code == 413
-    assert response.json()["error"]["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model=base_name(server), messages=[{"role": "user", "content": text}]
+        )
+    assert raised.value.code == "context_length_exceeded"
+    assert raised.value.param == "messages"
+    assert f"maximum context length is {context} tokens" in raised.value.message
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(model=base_name(server), prompt=text, max_tokens=2)
+    assert raised.value.code == "context_length_exceeded" and raised.value.param == "prompt"
 
 
 def test_health_and_metrics_count_requests(server, client) -> None:

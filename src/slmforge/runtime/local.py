@@ -38,7 +38,8 @@ Forward = Callable[[list[int]], np.ndarray]
 
 
 class ContextLengthError(InputError):
-    """The prompt leaves no room in the model's context (HTTP 413 in the server)."""
+    """The prompt leaves no room in the model's context (HTTP 400 `context_length_exceeded` in
+    the server, as OpenAI and vLLM answer)."""
 
 
 class LocalEngine(BaseEngine):
@@ -84,8 +85,9 @@ class LocalEngine(BaseEngine):
     def check_room(self, prompt_len: int) -> None:
         if prompt_len >= self.context_length:
             raise ContextLengthError(
-                f"the prompt has {prompt_len} tokens; this model's context is "
-                f"{self.context_length} tokens and needs room for at least one more"
+                f"This model's maximum context length is {self.context_length} tokens. However, "
+                f"your prompt has {prompt_len} tokens, which leaves no room for an answer. "
+                "Please reduce the length of the prompt."
             )
 
     def generate(

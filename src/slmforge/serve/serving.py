@@ -190,5 +190,6 @@ def bad_request(exc: InputError, param: str | None) -> APIError:
 
 
 def context_error(exc: Exception, param: str) -> APIError:
-    """A prompt that leaves no room to generate (`ContextLengthError`)."""
-    return APIError(413, str(exc), param=param, code="context_length_exceeded")
+    """A prompt that leaves no room to generate (`ContextLengthError`): 400 with OpenAI's code,
+    so the official client raises `BadRequestError` as it does against OpenAI or vLLM."""
+    return APIError(400, str(exc), param=param, code="context_length_exceeded")
