@@ -280,3 +280,48 @@ def test_two_processes_match_one(tiny_model, travel_split, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
     assert output.count("wrote ") == 1  # only rank 0 writes the artifact
+
+
+def _tool_rows(path: Path, cities: list[str]) -> Path:
+    """OpenAI fine-tuning rows that call a function, read its reply and answer from it."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "city_guide",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    rows = []
+    for i, city in enumerate(cities):
+        call = {
+            "id": f"c{i}",
+            "type": "function",
+            "function": {"name": "city_guide", "arguments": json.dumps({"city": city})},
+        }
+        rows.append({"tools": [tool], "messages": [
+            {"role": "user", "content": f"What should I see in {city}?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"c{i}", "content": f"{city}: the old town"},
+            {"role": "assistant", "content": f"In {city}, see the old town."},
+        ]})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_lora_learns_tool_calls_through_a_template_without_tool_support(tiny_model, tmp_path):
+    """The tiny qwen2's ChatML template has no tool syntax: the Hermes fallback renders the
+    calls, and fine-tuning learns them (loss on the calls and answers, not the tool replies)."""
+    cities = ["Lisbon", "Porto", "Kyoto", "Oslo", "Rome", "Paris", "Vienna", "Prague"] * 5
+    data = {
+        "train": _tool_rows(tmp_path / "train.jsonl", cities),
+        "validation": _tool_rows(tmp_path / "val.jsonl", ["Madrid", "Berlin", "Dublin"]),
+    }
+    out = finetune(_config(tiny_model("qwen2"), data, tmp_path / "adapter", max_steps=40,
+                           samples=0))  # fmt: skip
+    m = read_manifest(out).metrics
+    assert m["train_loss_last"] <= 0.5 * m["train_loss_first"], m
+    assert m["eval_token_accuracy_final"] > m["eval_token_accuracy_initial"] + 0.2, m

@@ -232,9 +232,7 @@ def test_ignored_fields_are_accepted(server, client) -> None:
     assert reply.choices[0].message.content is not None
 
 
-def test_over_long_prompt_is_400_context_length_exceeded_as_openai_answers(
-    server, client
-) -> None:
+def test_over_long_prompt_is_400_context_length_exceeded_as_openai_answers(server, client) -> None:
     context = server.server.state.served.engine.context_length
     text = "travel " * (context + 10)
     with pytest.raises(openai.BadRequestError) as raised:

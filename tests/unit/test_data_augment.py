@@ -14,9 +14,10 @@ import pytest
 from data_helpers import write_jsonl
 from slmforge.config.data import AugmentConfig, ConvertConfig
 from slmforge.data.augment import augment, state_path_for
-from slmforge.data.formats import Example, read_examples, run_convert
+from slmforge.data.formats import Example, read_examples
 from slmforge.data.replies import parse_strings, parse_turn
 from slmforge.data.split import split_examples
+from slmforge.data.writing import run_convert
 from slmforge.errors import ConfigError, DataError, OutputExistsError
 from slmforge.runtime.engine import Delta
 

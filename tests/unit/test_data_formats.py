@@ -9,13 +9,8 @@ import pytest
 
 from data_helpers import write_jsonl
 from slmforge.config.data import ConvertConfig, ReadOptions
-from slmforge.data.formats import (
-    Example,
-    read_examples,
-    read_with_findings,
-    run_convert,
-    write_examples,
-)
+from slmforge.data.formats import Example, read_examples, read_with_findings
+from slmforge.data.writing import run_convert, write_examples
 from slmforge.errors import ConfigError, DataError, InputError, OutputExistsError
 
 PAIRS = [

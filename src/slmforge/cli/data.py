@@ -38,7 +38,7 @@ def _console() -> Any:
 @model_command(data_app, "convert", ConvertConfig, arguments=("input",))
 def convert(config: ConvertConfig) -> None:
     """Convert any supported data file to messages, prompt/response or templated text jsonl."""
-    from slmforge.data.formats import run_convert
+    from slmforge.data.writing import run_convert
 
     path, count = run_convert(config)
     _console().print(f"wrote {count} examples to {path}", markup=False)
@@ -126,6 +126,10 @@ def _stats_table(stats: Any) -> Any:
         table.add_row(f"{label} min/mean/max", f"{summary.min}/{summary.mean}/{summary.max}")
     table.add_row("with system message", str(stats.system_messages))
     table.add_row("repeated prompts", str(stats.repeated_prompts))
+    if stats.tool_examples:
+        table.add_row("with tools", str(stats.tool_examples))
+        called = ", ".join(f"{name} {n}" for name, n in stats.functions_called.items())
+        table.add_row("tool calls", f"{stats.tool_calls} ({called})" if called else "0")
     if stats.tokens is not None:
         for name, value in stats.tokens.percentiles.items():
             table.add_row(f"tokens {name}", str(value))

@@ -34,7 +34,7 @@ from slmforge.artifacts import source_of
 from slmforge.config.data import AugmentConfig, ReadOptions
 from slmforge.data import resumable
 from slmforge.data.dedupe import Embedder, NearDuplicates
-from slmforge.data.formats import WRITERS, Example, read_examples, write_examples
+from slmforge.data.formats import Example, read_examples
 from slmforge.data.noise import noisy
 from slmforge.data.replies import MAX_TEXT_CHARS, parse_strings, parse_turn
 from slmforge.data.resumable import (
@@ -43,6 +43,7 @@ from slmforge.data.resumable import (
     repair_last_line,
     save_state,
 )
+from slmforge.data.writing import WRITERS, write_examples
 from slmforge.errors import ConfigError, InputError, Interrupted, RemoteError
 from slmforge.runtime.engine import Engine, GenParams, Message, complete
 

@@ -9,36 +9,49 @@ and reading never stops at the first bad record, so a user fixes a file in one p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmforge import progress
-from slmforge.artifacts import atomic_file, check_output
-from slmforge.config.data import ConvertConfig, ReadOptions
+from slmforge.config.data import ReadOptions
 from slmforge.data.containers import Record, bad, container_for
-from slmforge.errors import ConfigError, DataError, Finding, InputError
+from slmforge.data.conversation import CONVERSATION_RULES
+from slmforge.data.tools import (
+    assign_call_ids,
+    calls_from_json_text,
+    hermes_text_without_calls,
+    parse_tool_calls,
+    parse_tools,
+)
+from slmforge.errors import DataError, Finding, InputError
+from slmforge.models.tool_format import uses_tools
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass
 class Example:
-    """One chat example: a list of role/content messages and where it came from."""
+    """One chat example: a list of role/content messages and where it came from. Messages
+    follow OpenAI's fine-tuning format (`content` always a string here; an assistant message
+    may carry `tool_calls`, a `tool` message its `tool_call_id`; see data/tools.py)."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     line: int | None = None
     source: str = ""
     meta: dict[str, Any] | None = None  # the record's "meta" object (e.g. augmentation origin)
+    tools: list[dict[str, Any]] | None = None  # function definitions the assistant may call
+
+    @property
+    def uses_tools(self) -> bool:
+        return uses_tools(self.messages, self.tools)
 
     @property
     def system(self) -> str | None:
         first = self.messages[0] if self.messages else None
         return first["content"] if first and first["role"] == "system" else None
 
-    def turns(self) -> list[dict[str, str]]:
+    def turns(self) -> list[dict[str, Any]]:
         """The messages without the system message."""
         return [m for m in self.messages if m["role"] != "system"]
 
@@ -105,7 +118,7 @@ def _text(record: dict[str, Any], key: str, at: _Where, label: str | None = None
 
 
 # -- record formats ------------------------------------------------------------------------
-Converter = Callable[[dict[str, Any], ReadOptions, _Where], list[dict[str, str]] | None]
+Converter = Callable[[dict[str, Any], ReadOptions, _Where], list[dict[str, Any]] | None]
 
 
 @dataclass(frozen=True)
@@ -154,17 +167,42 @@ def _from_messages(record: dict[str, Any], options: ReadOptions, at: _Where):
                 "wrong_type",
             )
             continue
-        role = _text(item, "role", at, f"{label}.role")
-        content = _text(item, "content", at, f"{label}.content")
-        if role is not None and role not in ROLES:
-            at.add(
-                f"{label}.role",
-                f"unknown role '{role}' (expected one of {', '.join(ROLES)})",
-                "unknown_role",
-            )
-        elif role is not None and content is not None:
-            messages.append({"role": role, "content": content})
+        message = _message(item, label, at)
+        if message is not None:
+            messages.append(message)
     return messages
+
+
+def _message(item: dict[str, Any], label: str, at: _Where) -> dict[str, Any] | None:
+    """One OpenAI message; an assistant message that calls tools may have no content, and a
+    tool reply's content may be empty."""
+    role = _text(item, "role", at, f"{label}.role")
+    if role is None:
+        return None
+    if role not in ROLES:
+        known = ", ".join(ROLES)
+        at.add(f"{label}.role", f"unknown role '{role}' (expected one of {known})", "unknown_role")
+        return None
+    calling = role == "assistant" and item.get("tool_calls") is not None
+    if calling or role == "tool":
+        content = (item.get("content") or "") if calling else item.get("content")
+        if not isinstance(content, str):
+            at.add(
+                f"{label}.content", f"expected a string, got {_type_name(content)}", "wrong_type"
+            )
+            return None
+    else:
+        content = _text(item, "content", at, f"{label}.content")
+        if content is None:
+            return None
+    message: dict[str, Any] = {"role": role, "content": content}
+    if calling:
+        message["tool_calls"] = parse_tool_calls(item["tool_calls"], f"{label}.tool_calls", at)
+        if message["tool_calls"] is None:
+            return None
+    if role == "tool" and isinstance(item.get("tool_call_id"), str):
+        message["tool_call_id"] = item["tool_call_id"]
+    return message
 
 
 _SHAREGPT_ROLES = {
@@ -173,6 +211,9 @@ _SHAREGPT_ROLES = {
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
+    "function_call": "assistant",  # LLaMA-Factory: the call as JSON
+    "observation": "tool",  # LLaMA-Factory: the function's result
+    "tool": "tool",  # Hermes: <tool_response> turns
 }
 
 
@@ -204,8 +245,22 @@ def _from_sharegpt(record: dict[str, Any], options: ReadOptions, at: _Where):
                 "unknown_role",
             )
         elif role is not None and value is not None:
-            messages.append({"role": role, "content": value})
+            message = _sharegpt_message(speaker or "", role, value, label, at)
+            messages.extend([message] if message else [])
     return messages
+
+
+def _sharegpt_message(
+    speaker: str, role: str, value: str, label: str, at: _Where
+) -> dict[str, Any] | None:
+    """A turn; a `function_call` turn or a Hermes `<tool_call>` block becomes tool_calls."""
+    if speaker != "function_call" and not (role == "assistant" and "<tool_call>" in value):
+        return {"role": role, "content": value}
+    calls = calls_from_json_text(value, f"{label}.value", at)
+    if calls is None:
+        return None
+    text = "" if speaker == "function_call" else hermes_text_without_calls(value)
+    return {"role": "assistant", "content": text, "tool_calls": calls}
 
 
 @register_record_format("alpaca", ("instruction", "output"))
@@ -230,48 +285,6 @@ def _from_prompt_response(record: dict[str, Any], options: ReadOptions, at: _Whe
     if prompt is None or response is None:
         return None
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-
-
-# -- conversation rules: what makes converted messages a usable training example -------------
-ConversationRule = Callable[[list[dict[str, str]]], Iterable[tuple[str | None, str, str]]]
-CONVERSATION_RULES: list[ConversationRule] = []
-
-
-def conversation_rule(fn: ConversationRule) -> ConversationRule:
-    CONVERSATION_RULES.append(fn)
-    return fn
-
-
-@conversation_rule
-def _role_order(messages: list[dict[str, str]]):
-    expected = "user"
-    for i, message in enumerate(messages):
-        role = message["role"]
-        if role == "system":
-            if i != 0:
-                yield f"messages[{i}].role", "a system message may only come first", "role_order"
-            continue
-        if role != expected:
-            yield (
-                f"messages[{i}].role",
-                f"expected a {expected} message here, got {role} "
-                "(user and assistant turns must alternate, starting with user)",
-                "role_order",
-            )
-            return
-        expected = "assistant" if role == "user" else "user"
-
-
-@conversation_rule
-def _ends_with_assistant(messages: list[dict[str, str]]):
-    if not any(m["role"] == "assistant" for m in messages):
-        yield "messages", "no assistant message (nothing to learn from)", "no_assistant"
-    elif messages[-1]["role"] != "assistant":
-        yield (
-            f"messages[{len(messages) - 1}]",
-            "the conversation must end with an assistant turn",
-            "last_not_assistant",
-        )
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -326,11 +339,13 @@ def _convert(
         return None
     before = len(findings)
     messages = fmt.convert(record.value, options, at)
+    tools = _record_tools(record.value, at)
     if messages is None or len(findings) > before:
         return None
+    assign_call_ids(messages, record.line)
     # Rules run before the system prompt is added, so indices in findings match the file.
     for rule in CONVERSATION_RULES:
-        for field_name, message, rule_name in rule(messages):
+        for field_name, message, rule_name in rule(messages, tools):
             at.add(fmt.file_field(field_name), message, rule_name)
     if len(findings) > before:
         return None
@@ -340,7 +355,13 @@ def _convert(
         return None
     if options.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": options.system_prompt})
-    return Example(messages, record.line, str(path), meta or None)
+    return Example(messages, record.line, str(path), meta or None, tools)
+
+
+def _record_tools(record: dict[str, Any], at: _Where) -> list[dict[str, Any]] | None:
+    """The functions a record declares: OpenAI's `tools`, or the older `functions`."""
+    key = next((k for k in ("tools", "functions") if record.get(k) is not None), None)
+    return parse_tools(record[key], key, at) if key else None
 
 
 def read_with_findings(
@@ -381,115 +402,3 @@ def read_examples(path: str | Path, options: ReadOptions | None = None) -> list[
     if any(f.severity == "error" for f in findings):
         raise DataError(findings)
     return examples
-
-
-# -- writing -------------------------------------------------------------------------------
-RecordWriter = Callable[[Example, "str | None"], dict[str, Any]]
-WRITERS: dict[str, RecordWriter] = {}
-
-
-def register_writer(name: str) -> Callable[[RecordWriter], RecordWriter]:
-    def decorator(fn: RecordWriter) -> RecordWriter:
-        WRITERS[name] = fn
-        return fn
-
-    return decorator
-
-
-class _CannotWrite(Exception):
-    """One example that the chosen output format cannot hold; becomes a Finding."""
-
-
-def _with_meta(example: Example, row: dict[str, Any]) -> dict[str, Any]:
-    """A record with the example's meta object, so origins survive a convert or split."""
-    return {**row, "meta": example.meta} if example.meta else row
-
-
-@register_writer("messages")
-def _to_messages(example: Example, template: str | None) -> dict[str, Any]:
-    messages = [{"role": m["role"], "content": m["content"]} for m in example.messages]
-    return _with_meta(example, {"messages": messages})
-
-
-@register_writer("prompt_response")
-def _to_prompt_response(example: Example, template: str | None) -> dict[str, str]:
-    if not example.is_single_turn():
-        raise _CannotWrite(
-            f"has {len(example.turns())} turns; prompt_response holds one user "
-            "and one assistant message (write messages instead)"
-        )
-    return _with_meta(example, {"prompt": example.prompt, "response": example.response})
-
-
-@register_writer("text")
-def _to_text(example: Example, template: str | None) -> dict[str, str]:
-    from slmforge.data.templates import TemplateError, render_text
-
-    try:
-        return {"text": render_text(example, template or "")}
-    except TemplateError as exc:
-        raise _CannotWrite(str(exc)) from None
-
-
-def write_examples(
-    examples: list[Example],
-    path: str | Path,
-    fmt: str = "messages",
-    text_template: str | None = None,
-    force: bool = False,
-) -> Path:
-    """Write examples as jsonl in `fmt`, atomically; every example that `fmt` cannot hold is
-    reported (with its source line) before anything is written."""
-    from slmforge.data.templates import check_template
-
-    if fmt not in WRITERS:
-        raise InputError(f"unknown output format '{fmt}' (expected one of {', '.join(WRITERS)})")
-    if fmt == "text":
-        check_template(text_template)
-    writer = WRITERS[fmt]
-    lines, findings = [], []
-    for example in examples:
-        try:
-            lines.append(json.dumps(writer(example, text_template), ensure_ascii=False))
-        except _CannotWrite as exc:
-            findings.append(
-                Finding(
-                    example.source,
-                    example.line,
-                    "messages",
-                    str(exc),
-                    "error",
-                    f"cannot_write_{fmt}",
-                )
-            )
-    if findings:
-        raise DataError(findings)
-    if fmt == "prompt_response" and (dropped := sum(e.system is not None for e in examples)):
-        progress.warn(
-            f"prompt_response has no system field: dropped the system message of {dropped} examples"
-        )
-    final = Path(path)
-    with atomic_file(final, force=force) as temp:
-        temp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return final
-
-
-def run_convert(config: ConvertConfig) -> tuple[Path, int]:
-    """`slmforge data convert`: read any format, write one; returns the path and the count."""
-    from slmforge.data.templates import check_template
-
-    fmt = config.output_format
-    if config.text_template is not None:
-        if "output_format" in config.model_fields_set and fmt != "text":
-            raise ConfigError(
-                f"--text-template renders text; it cannot be used with --output-format {fmt}"
-            )
-        fmt = "text"
-    if fmt == "text":
-        check_template(config.text_template)
-    check_output(config.out, config.force)
-    options = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
-    examples = read_examples(config.input, options)
-    return write_examples(examples, config.out, fmt, config.text_template, config.force), len(
-        examples
-    )

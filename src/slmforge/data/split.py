@@ -15,7 +15,8 @@ from pathlib import Path
 from slmforge import progress
 from slmforge.artifacts import artifact, source_of
 from slmforge.config.data import ReadOptions, SplitConfig
-from slmforge.data.formats import Example, read_examples, write_examples
+from slmforge.data.formats import Example, read_examples
+from slmforge.data.writing import write_examples
 from slmforge.errors import ConfigError, InputError
 
 PARTS = ("train", "validation", "test")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from slmforge.data.formats import Example
@@ -34,7 +34,9 @@ def load_tokenizer(name: str) -> Any:
 
 def _rendering(example: Example, tokenizer: Any) -> str:
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(example.messages, tokenize=False)
+        from slmforge.models.tool_format import render_chat
+
+        return render_chat(tokenizer, example.messages, example.tools)
     return "\n".join(m["content"] for m in example.messages)
 
 
@@ -84,6 +86,9 @@ class DataStats:
     characters: Summary
     repeated_prompts: int  # examples whose prompt already appeared earlier in the file
     system_messages: int
+    tool_examples: int = 0  # examples that declare tools or call them
+    tool_calls: int = 0
+    functions_called: dict[str, int] = field(default_factory=dict)  # name -> calls, most first
     tokens: TokenStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +127,20 @@ def repeated_prompt_count(examples: Sequence[Example]) -> int:
     return sum(n - 1 for n in counts.values())
 
 
+def tool_stats(examples: Sequence[Example]) -> dict[str, Any]:
+    calls = [
+        call["function"]["name"]
+        for e in examples
+        for m in e.messages
+        for call in m.get("tool_calls") or []
+    ]
+    return {
+        "tool_examples": sum(e.uses_tools for e in examples),
+        "tool_calls": len(calls),
+        "functions_called": dict(Counter(calls).most_common()),
+    }
+
+
 def compute_stats(examples: Sequence[Example], tokenizer: Any | None = None) -> DataStats:
     """Stats of `examples`; token stats only when a tokenizer is given."""
     stats = DataStats(
@@ -130,6 +149,7 @@ def compute_stats(examples: Sequence[Example], tokenizer: Any | None = None) -> 
         characters=Summary.of([sum(len(m["content"]) for m in e.messages) for e in examples]),
         repeated_prompts=repeated_prompt_count(examples),
         system_messages=sum(e.system is not None for e in examples),
+        **tool_stats(examples),
     )
     if tokenizer is not None and examples:
         stats.tokens = token_stats(token_lengths(examples, tokenizer))

@@ -18,7 +18,8 @@ from typing import Any
 
 from slmforge.artifacts import atomic_file, check_output
 from slmforge.config.data import ReadOptions, ValidateConfig
-from slmforge.data.formats import Example, read_with_findings, write_examples
+from slmforge.data.formats import Example, read_with_findings
+from slmforge.data.writing import write_examples
 from slmforge.errors import ConfigError, DataError, Finding
 
 _MAX_LINES_SHOWN = 10
@@ -70,8 +71,18 @@ def _repeats(keys: Iterable[Any], examples: list[Example]) -> list[list[Example]
     return [group for group in grouped.values() if len(group) > 1]
 
 
-def _exact(example: Example) -> tuple[tuple[str, str], ...]:
-    return tuple((m["role"], m["content"]) for m in example.messages)
+def _exact(example: Example) -> str:
+    """The whole example (tool calls and definitions included, call ids left out: they may be
+    assigned per line) as one comparable string."""
+    messages = [
+        {
+            "role": m["role"],
+            "content": m["content"],
+            "calls": [c["function"] for c in m.get("tool_calls") or []],
+        }
+        for m in example.messages
+    ]
+    return json.dumps([messages, example.tools], sort_keys=True, ensure_ascii=False)
 
 
 @dataset_rule("identical_pair")

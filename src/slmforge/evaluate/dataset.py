@@ -16,7 +16,8 @@ from pathlib import Path
 
 from slmforge.config.data import ReadOptions
 from slmforge.data.containers import Record, bad, container_for
-from slmforge.data.formats import CONVERSATION_RULES, RECORD_FORMATS, RecordFormat
+from slmforge.data.conversation import CONVERSATION_RULES
+from slmforge.data.formats import RECORD_FORMATS, RecordFormat
 from slmforge.errors import DataError, Finding, InputError
 from slmforge.runtime.engine import Message
 
@@ -101,7 +102,7 @@ def _row(
     # the conversation rules check the prompt as if a reference followed it
     for rule in CONVERSATION_RULES:
         for field_name, message, rule_name in rule(
-            [*messages, {"role": "assistant", "content": ""}]
+            [*messages, {"role": "assistant", "content": ""}], None
         ):
             where.add(fmt.file_field(field_name), message, rule_name)
     if len(findings) > before:

@@ -71,7 +71,7 @@ def _sample(cfg: SampleConfig) -> None:
 
 
 def _convert(cfg: ConvertConfig) -> None:
-    from slmforge.data.formats import run_convert
+    from slmforge.data.writing import run_convert
 
     run_convert(cfg)
 

@@ -1,9 +1,11 @@
 """Tokenization with assistant-only labels, packing, and batches.
 
-Labels are -100 everywhere except on assistant turns (their content and the end-of-turn
-markers that follow, so the model learns to stop). Spans are found in character space on the
-one rendering of the whole conversation, then mapped to tokens with the tokenizer's offsets,
-so any Hugging Face chat template works, without per-format code.
+Labels are -100 everywhere except on assistant turns (their content, their tool calls, and the
+end-of-turn markers that follow, so the model learns to stop; never tool replies). Spans are
+found in character space on the one rendering of the whole conversation, then mapped to tokens
+with the tokenizer's offsets, so any Hugging Face chat template works, without per-format code.
+Tools go through `models/tool_format.py` (the template's own tool syntax, or a Hermes-style
+fallback for templates without one).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import torch
 
 from slmforge.data.templates import check_template
 from slmforge.errors import InputError
+from slmforge.models.tool_format import render_chat
 
 IGNORE = -100
+Tools = list[dict[str, Any]] | None  # function definitions, in OpenAI's shape
 
 
 @dataclass
@@ -30,10 +34,10 @@ class Encoded:
         return sum(1 for label in self.labels if label != IGNORE)
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
-    )
+def _render(
+    tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool, tools: Tools
+) -> str:
+    return render_chat(tokenizer, messages, tools, generation_prompt)
 
 
 def _extend_over_stops(text: str, end: int, stops: list[str]) -> int:
@@ -47,28 +51,36 @@ def _extend_over_stops(text: str, end: int, stops: list[str]) -> int:
 
 
 def assistant_spans(
-    tokenizer: Any, messages: list[dict[str, str]], stops: list[str]
+    tokenizer: Any, messages: list[dict[str, Any]], stops: list[str], tools: Tools = None
 ) -> tuple[str, list[range]]:
     """The full rendering and the character ranges of each assistant turn in it.
 
     A turn's span starts where the rendering of the conversation before it, with the generation
     prompt, ends (so the model is never trained on the assistant header) and runs past the
-    answer and the end-of-turn markers that follow it (so the model learns to stop).
+    answer and the end-of-turn markers that follow it (so the model learns to stop). A turn
+    that calls tools runs to where the conversation rendered through it ends (the template
+    writes the calls in its own syntax); tool replies are never trained on.
     """
-    full = _render(tokenizer, messages, generation_prompt=False)
+    full = _render(tokenizer, messages, False, tools)
     spans: list[range] = []
     cursor = 0
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = _render(tokenizer, messages[:index], generation_prompt=True) if index else ""
-        content = message["content"].strip()
+        prefix = _render(tokenizer, messages[:index], True, tools) if index else ""
         start = len(prefix) if index and full.startswith(prefix) else cursor
-        found = full.find(content, start)
-        if found < 0:
-            raise InputError("the chat template does not render assistant content verbatim")
-        start = min(start, found)
-        end = _extend_over_stops(full, found + len(content), stops)
+        if message.get("tool_calls"):
+            through = _render(tokenizer, messages[: index + 1], False, tools).rstrip()
+            if not full.startswith(through) or len(through) <= start:
+                raise InputError("the chat template does not render tool calls as a prefix")
+            end = _extend_over_stops(full, len(through), stops)
+        else:
+            content = message["content"].strip()
+            found = full.find(content, start)
+            if found < 0:
+                raise InputError("the chat template does not render assistant content verbatim")
+            start = min(start, found)
+            end = _extend_over_stops(full, found + len(content), stops)
         spans.append(range(start, end))
         cursor = end
     return full, spans
@@ -100,12 +112,13 @@ def encode(
     train_on_prompt: bool = False,
     text_template: str | None = None,
     stops: list[str] | None = None,
+    tools: Tools = None,
 ) -> Encoded:
     """Token ids and labels for one conversation, truncated to `max_seq_len`."""
     if text_template is not None:
         text, spans = template_spans(text_template, messages)
     else:
-        text, spans = assistant_spans(tokenizer, messages, stops or [])
+        text, spans = assistant_spans(tokenizer, messages, stops or [], tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids: list[int] = list(enc["input_ids"])[:max_seq_len]
     offsets = enc["offset_mapping"][:max_seq_len]

@@ -111,6 +111,7 @@ def _encode_all(tokenizer: Any, examples: list[Any], cfg: FinetuneConfig) -> lis
             cfg.train_on_prompt,
             cfg.text_template,
             stops,
+            example.tools,
         )
         if item.trained_tokens > 1:
             encoded.append(item)
