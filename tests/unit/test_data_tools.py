@@ -164,3 +164,17 @@ def test_identical_tool_rows_are_flagged_and_different_arguments_are_not(tmp_pat
     report = run_validate(ValidateConfig(files=[path], min_examples=0))
     identical = [f for f in report.findings if f.rule == "identical_pair"]
     assert len(identical) == 1 and "lines 1, 2" in identical[0].message
+
+
+def test_augment_refuses_tool_rows_by_line(tmp_path: Path) -> None:
+    from slmforge.config.data import AugmentConfig
+    from slmforge.data.augment import augment
+    from slmforge.errors import InputError
+
+    plain = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    }
+    path = write_jsonl(tmp_path / "in.jsonl", [plain, row()])
+    with pytest.raises(InputError, match="line 2: rows with tools"):
+        augment(AugmentConfig(input=path, out=tmp_path / "out.jsonl", strategy=["noise"]))
+    assert not (tmp_path / "out.jsonl").exists()

@@ -113,6 +113,12 @@ def augment(
     originals = read_examples(config.input, read)
     if not originals:
         raise InputError(f"{config.input}: no examples to augment")
+    if tool_lines := [str(e.line) for e in originals if e.uses_tools][:5]:
+        raise InputError(
+            f"{config.input}: line {', '.join(tool_lines)}: rows with tools or tool calls are not "
+            "augmented (a rewritten prompt would no longer match the recorded calls); split them "
+            "into another file"
+        )
     options = {name: getattr(config, name) for name in _IDENTITY}
     options["input_sha256"] = source_of(config.input).sha256
     state = _load_state(state_path, options) if config.resume else None
