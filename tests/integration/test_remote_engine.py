@@ -70,6 +70,18 @@ def test_stop_seed_and_sampling_params_are_passed_through(fake) -> None:
     assert (body["temperature"], body["top_p"], body["top_k"]) == (0.5, 0.9, 20)
 
 
+def test_response_formats_are_passed_through(fake) -> None:
+    """The cloud endpoint is a stand-in (no cloud here): what matters is the request body."""
+    schema = {"name": "trip", "schema": {"type": "object"}, "strict": True}
+    fake.script('{"a": 1}')
+    complete(make_engine(fake), HELLO, GenParams(json_schema=schema))
+    fake.script("{}")
+    complete(make_engine(fake), HELLO, GenParams(json_mode=True))
+    first, second = (r.body for r in fake.chat_requests())
+    assert first["response_format"] == {"type": "json_schema", "json_schema": schema}
+    assert second["response_format"] == {"type": "json_object"}
+
+
 def test_adapter_is_the_model_name_on_the_server(fake) -> None:
     fake.script("ok")
     complete(make_engine(fake), HELLO, GenParams(), adapter="travel")

@@ -14,7 +14,6 @@ import pytest
 
 from slmforge.config.serve import ServeConfig
 from slmforge.runtime.engine import GenParams, complete
-from slmforge.runtime.json_mode import JsonPrefix
 from slmforge.serve.server import RunningServer, start_in_thread
 
 pytestmark = pytest.mark.integration
@@ -127,9 +126,55 @@ def test_json_mode_output_is_always_a_json_object_prefix(server, client) -> None
     reply = chat(client, base_name(server), max_tokens=40, response_format={"type": "json_object"})
     text = reply.choices[0].message.content
     assert text.startswith("{")
-    assert JsonPrefix().after(text) is not None
     if reply.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(text), dict)
+    else:
+        assert reply.choices[0].finish_reason == "length"
+
+
+TRIP = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "season": {"enum": ["spring", "summer", "autumn", "winter"]},
+        "nights": {"type": "integer", "minimum": 1, "maximum": 9},
+        "museums": {"type": "boolean"},
+    },
+    "required": ["city", "season", "nights", "museums"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_replies_parse_and_validate(server, client, stream) -> None:
+    """A tiny model that has never seen the schema still answers with JSON matching it, because
+    the grammar engine allows only tokens that keep the reply inside the schema."""
+    from jsonschema import validate
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "trip", "schema": TRIP, "strict": True}}
+    for seed in range(3):
+        options = dict(model=base_name(server), messages=ASK, max_tokens=120, seed=seed,
+                       temperature=0.9, response_format=fmt)  # fmt: skip
+        if stream:
+            chunks = list(client.chat.completions.create(stream=True, **options))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            finish = next(c.choices[0].finish_reason for c in chunks if c.choices and
+                          c.choices[0].finish_reason)  # fmt: skip
+        else:
+            reply = client.chat.completions.create(**options)
+            text, finish = reply.choices[0].message.content, reply.choices[0].finish_reason
+        assert finish == "stop", text
+        validate(json.loads(text), TRIP)
+
+
+def test_a_schema_the_grammar_engine_cannot_use_is_400(server, client) -> None:
+    bad = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=x)y"}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=base_name(server), messages=ASK, max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": bad}},
+        )  # fmt: skip
+    assert caught.value.param == "response_format" and "look-around" in caught.value.message
 
 
 def test_completions_accept_strings_token_ids_and_batches(server, client) -> None:
@@ -202,7 +247,11 @@ def test_unknown_model_is_404(client) -> None:
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"messages": []}, "messages"),
         ({"n": 99}, "n"),
-        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+            "response_format.json_schema.name",
+        ),
     ],
 )
 def test_bad_parameters_are_400_naming_the_field(server, client, options, param) -> None:

@@ -36,6 +36,11 @@ class GenParams(StrictModel):
     logprobs: bool = Field(False, description="Report each generated token's log-probability.")
     top_logprobs: int = Field(0, ge=0, le=20, description="Most likely alternatives per token.")
     json_mode: bool = Field(False, description="Constrain the reply to one JSON object.")
+    json_schema: dict[str, Any] | None = Field(
+        None,
+        description="OpenAI's `response_format.json_schema` ({name, schema, strict}): the reply "
+        "is one JSON value matching `schema`.",
+    )
 
 
 @dataclass

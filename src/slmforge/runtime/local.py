@@ -25,7 +25,12 @@ from slmforge.errors import InputError, ModelError
 from slmforge.models.chat import stop_strings
 from slmforge.runtime.batching import BatchScheduler
 from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, measure, token_deltas
-from slmforge.runtime.json_mode import JsonConstraint
+from slmforge.runtime.grammar import (
+    GrammarConstraint,
+    check_grammar,
+    grammar_for,
+    grammar_tokenizer,
+)
 from slmforge.runtime.sampling import (
     Sampler,
     TokenLogprob,
@@ -113,8 +118,7 @@ class LocalEngine(BaseEngine):
         room = self.context_length - len(prompt)
         if params.max_tokens > room:  # as llama-server does: shorten, finish_reason says so
             params = params.model_copy(update={"max_tokens": room})
-        constraint = JsonConstraint(self.tokenizer) if params.json_mode else None
-        sampler = Sampler(params, constraint)
+        sampler = Sampler(params, self.constraint(params))
         if self.batcher is not None:
             yield from self._stream_batched(self.batcher, prompt, params, adapter, sampler)
             return
@@ -136,6 +140,23 @@ class LocalEngine(BaseEngine):
             yield from token_deltas(tokens, self.tokenizer, self.stop_ids, params, len(prompt))
         finally:  # a stop string or a gone client ends it before the scheduler would
             sequence.cancel()
+
+    def constraint(self, params: GenParams) -> GrammarConstraint | None:
+        """The grammar constraint of a structured-output request (None for free text)."""
+        grammar = grammar_for(params)
+        if grammar is None:
+            return None
+        return GrammarConstraint(self._grammar_tokenizer(), grammar)
+
+    def check_params(self, params: GenParams) -> None:
+        """Raise InputError for a request this engine cannot honour (a response schema the
+        grammar engine cannot compile), before anything is generated."""
+        grammar = grammar_for(params)
+        if grammar is not None:
+            check_grammar(grammar, self._grammar_tokenizer(), "response_format.json_schema")
+
+    def _grammar_tokenizer(self) -> Any:
+        return grammar_tokenizer(self.tokenizer, len(self.tokenizer), sorted(self.stop_ids))
 
     def score(self, ids: list[int], adapter: str | None = None, top: int = 0) -> list[Any]:
         """Log-probability of each token given the ones before it (None for the first), with the

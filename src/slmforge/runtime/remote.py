@@ -183,6 +183,10 @@ class RemoteEngine(BaseEngine):
         if params.top_k:
             # not in the OpenAI schema; vLLM, llama-server and our server read it from the body
             request["extra_body"] = {"top_k": params.top_k}
+        if params.json_schema is not None:
+            request["response_format"] = {"type": "json_schema", "json_schema": params.json_schema}
+        elif params.json_mode:
+            request["response_format"] = {"type": "json_object"}
         return request
 
     def _open(self, request: dict[str, Any]) -> tuple[Any, Iterator[Any], list[Any]]:

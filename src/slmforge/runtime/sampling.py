@@ -1,11 +1,12 @@
 """Token choice for local engines: greedy or temperature/top-k/top-p sampling, log-probabilities,
-and JSON mode, in one place for PyTorch and ONNX.
+and structured outputs (a grammar constraint, runtime/grammar.py), in one place for PyTorch and
+ONNX.
 
 Engines hand over the last position's logits as a numpy vector; the `Sampler` picks the next id
 with a per-request random generator (a seed reproduces a reply whatever else runs), reports the
 chosen token's log-probability and the most likely alternatives (from the model's own
-distribution, before temperature, as the OpenAI API reports them), and, in JSON mode, skips
-tokens that would break the JSON object.
+distribution, before temperature, as the OpenAI API reports them), and, under a constraint,
+draws only among the tokens the grammar allows.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from typing import Any
 import numpy as np
 
 from slmforge.runtime.engine import GenParams
-
-# In JSON mode, candidates tried in order of preference before the whole vocabulary is masked.
-JSON_CANDIDATES = 16
 
 
 @dataclass
@@ -33,7 +31,7 @@ class TokenLogprob:
 class Sampled:
     token_id: int
     logprob: TokenLogprob | None = None
-    ends: bool = False  # the reply is complete after this token (JSON object closed)
+    ends: bool = False  # the reply is complete after this token (the grammar's value closed)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -71,15 +69,9 @@ class Sampler:
     def _choose(self, logits: np.ndarray) -> int:
         if self.constraint is None:
             return self._draw(logits)
-        masked = logits.copy()
-        for _ in range(JSON_CANDIDATES):
-            token_id = self._draw(masked)
-            if self.constraint.allows(token_id):
-                return token_id
-            masked[token_id] = -np.inf
-        allowed = np.array(self.constraint.allowed_mask(logits.size))
+        allowed = self.constraint.allowed_mask(logits.size)
         if not allowed.any():
-            raise RuntimeError("JSON mode: no token continues the JSON object")
+            raise RuntimeError("structured output: no token continues the grammar")
         return self._draw(np.where(allowed, logits, -np.inf))
 
     def _draw(self, logits: np.ndarray) -> int:

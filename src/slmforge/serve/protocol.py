@@ -80,9 +80,24 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None
 
 
+class JsonSchemaFormat(_Strict):
+    """OpenAI's `response_format.json_schema`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema: required when type is json_schema")
+        return self
 
 
 Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP_SEQUENCES)] | None
@@ -175,10 +190,6 @@ class ChatCompletionRequest(_Sampling):
             raise ValueError("tools: tool calling is not supported by this server")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
-        if self.response_format is not None and self.response_format.type == "json_schema":
-            raise ValueError(
-                "response_format: json_schema is not supported; use {'type': 'json_object'}"
-            )
         for index, message in enumerate(self.messages):
             try:
                 message.text()
@@ -192,12 +203,14 @@ class ChatCompletionRequest(_Sampling):
     def to_gen_params(self, max_tokens_cap: int) -> GenParams:
         param = "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
         requested = self.max_completion_tokens or self.max_tokens
-        json_mode = self.response_format is not None and self.response_format.type == "json_object"
+        kind = self.response_format.type if self.response_format else "text"
+        schema = self.response_format.json_schema if self.response_format else None
         return self._gen_params(
             capped_max_tokens(requested, param, max_tokens_cap),
             logprobs=bool(self.logprobs),
             top_logprobs=self.top_logprobs or 0,
-            json_mode=json_mode,
+            json_mode=kind == "json_object",
+            json_schema=schema.model_dump(by_alias=True, exclude_none=True) if schema else None,
         )
 
 

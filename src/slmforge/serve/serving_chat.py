@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
+from slmforge.errors import InputError
 from slmforge.runtime.engine import Delta, Usage
 from slmforge.runtime.local import ContextLengthError
 from slmforge.safety.verdicts import FilterVerdict
@@ -29,7 +30,7 @@ from slmforge.serve.protocol import (
     UsageInfo,
     response_head,
 )
-from slmforge.serve.serving import Annotations, Chunks, context_error, respond
+from slmforge.serve.serving import Annotations, Chunks, bad_request, context_error, respond
 
 
 @dataclass
@@ -70,6 +71,10 @@ async def create_chat_completion(
     except ContextLengthError as exc:
         raise context_error(exc, "messages") from None
     params = body.to_gen_params(state.config.max_tokens_cap)
+    try:
+        engine.check_params(params)
+    except InputError as exc:
+        raise bad_request(exc, "response_format") from None
     recorder = Recorder(state.metrics, "chat", body.model)
     recorder.prompt(len(prompt))
     annotations = Annotations(state, [inputs.verdict])
