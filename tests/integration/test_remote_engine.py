@@ -82,6 +82,38 @@ def test_response_formats_are_passed_through(fake) -> None:
     assert second["response_format"] == {"type": "json_object"}
 
 
+def test_tools_are_passed_through_and_streamed_calls_assembled(fake) -> None:
+    """The stand-in's request body carries the tools; the calls of a streamed reply (pieces as
+    OpenAI sends them) come back whole."""
+    from openai.types.chat import ChatCompletionChunk
+
+    from slmforge.runtime.remote import _deltas
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    fake.script("ok")
+    complete(make_engine(fake), HELLO, GenParams(tools=tools, tool_choice="required"))
+    body = fake.chat_requests()[0].body
+    assert body["tools"] == tools and body["tool_choice"] == "required"
+    assert body["parallel_tool_calls"] is True
+
+    def chunk(delta: dict, finish: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk.model_validate({
+            "id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})  # fmt: skip
+
+    head = [
+        chunk({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type":
+               "function", "function": {"name": "f", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a": '}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+        chunk({}, "tool_calls"),
+    ]  # fmt: skip
+    *_, calls_delta, final = list(_deltas(head, iter([])))
+    (call,) = calls_delta.tool_calls
+    assert (call.id, call.name, call.arguments) == ("call_1", "f", '{"a": 1}')
+    assert final.finish_reason == "tool_calls"
+
+
 def test_adapter_is_the_model_name_on_the_server(fake) -> None:
     fake.script("ok")
     complete(make_engine(fake), HELLO, GenParams(), adapter="travel")

@@ -80,7 +80,7 @@ MESSAGE_DEFECTS = {
         _messages(USER, USER, BOT),
         "messages[1].role",
         "role_order",
-        "expected a assistant message here, got user",
+        "expected an assistant message here, got user",
     ),
     "no_assistant": (_messages(SYSTEM, USER), "messages", "no_assistant", "no assistant message"),
     "ends_with_user": (

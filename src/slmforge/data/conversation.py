@@ -34,8 +34,8 @@ def _next_roles(message: dict[str, Any]) -> tuple[str, ...]:
     return ("tool", "assistant")
 
 
-def _a(word: str) -> str:
-    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+def _a(words: str) -> str:
+    return f"an {words}" if words.startswith("assistant") else f"a {words}"
 
 
 @conversation_rule

@@ -81,8 +81,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
     param = param_path(first.get("loc", ()))
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     named = re.match(r"^([A-Za-z_][\w.\[\]]*): ", message)
-    if named and not param:  # a whole-request check names its field as "field: problem"
-        param = named.group(1)
+    if named:  # a model's own check names its field as "field: problem"
+        param = f"{param}.{named.group(1)}" if param else named.group(1)
     if first.get("type") == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {param}"
     elif first.get("type") == "missing":

@@ -21,7 +21,9 @@ from pydantic import Field
 
 from slmforge.config import StrictModel
 
-Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+# {"role": "system" | "user" | "assistant" | "tool", "content": "..."}; an assistant message may
+# carry OpenAI's `tool_calls`, a tool message its `tool_call_id`
+Message = dict[str, Any]
 
 
 class GenParams(StrictModel):
@@ -36,6 +38,15 @@ class GenParams(StrictModel):
     logprobs: bool = Field(False, description="Report each generated token's log-probability.")
     top_logprobs: int = Field(0, ge=0, le=20, description="Most likely alternatives per token.")
     json_mode: bool = Field(False, description="Constrain the reply to one JSON object.")
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Functions the model may call ({type: function, function: {...}})."
+    )
+    tool_choice: str | dict[str, Any] = Field(
+        "auto",
+        description="none, auto, required, or {type: function, function: {name}}: whether and "
+        "which function the reply must call.",
+    )
+    parallel_tool_calls: bool = Field(True, description="Allow several calls in one reply.")
     json_schema: dict[str, Any] | None = Field(
         None,
         description="OpenAI's `response_format.json_schema` ({name, schema, strict}): the reply "
@@ -62,13 +73,21 @@ class Timings:
 
 
 @dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text (OpenAI's `function.arguments`)
+
+
+@dataclass
 class Delta:
     text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" on the final delta
+    finish_reason: str | None = None  # "stop" | "length" | "tool_calls" on the final delta
     usage: Usage | None = None
     timings: Timings | None = None
     logprobs: list[Any] | None = None  # sampling.TokenLogprob of the tokens in this delta
     tokens: int = 0  # tokens sampled since the last delta (local engines); 0 where unknown
+    tool_calls: list[ToolCall] | None = None  # whole calls, each once
 
 
 @dataclass
@@ -77,6 +96,7 @@ class Completion:
     finish_reason: str | None
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 class Engine(Protocol):
@@ -109,7 +129,7 @@ def measure(stream: Iterator[Delta]) -> Iterator[Delta]:
             last, ticks = now, ticks + max(delta.tokens, 1)
         if delta.finish_reason is not None or delta.usage is not None:
             final = delta
-        elif delta.text or delta.logprobs:
+        elif delta.text or delta.logprobs or delta.tool_calls:
             yield delta
     end = time.perf_counter()
     final = final or Delta(finish_reason="stop")
@@ -149,9 +169,11 @@ def complete(
 ) -> Completion:
     """Run one chat to the end and collect it."""
     parts: list[str] = []
+    calls: list[ToolCall] = []
     final = Delta()
     for delta in engine.chat(messages, params, adapter):
         parts.append(delta.text)
+        calls.extend(delta.tool_calls or [])
         if delta.finish_reason is not None or delta.timings is not None:
             final = delta
     return Completion(
@@ -159,6 +181,7 @@ def complete(
         finish_reason=final.finish_reason,
         usage=final.usage or Usage(),
         timings=final.timings or Timings(),
+        tool_calls=calls,
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from slmforge.errors import InputError, ModelError
 from slmforge.models.chat import stop_strings
+from slmforge.models.tool_format import render_chat
 from slmforge.runtime.batching import BatchScheduler
 from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, measure, token_deltas
 from slmforge.runtime.grammar import (
@@ -30,6 +31,7 @@ from slmforge.runtime.grammar import (
     check_grammar,
     grammar_for,
     grammar_tokenizer,
+    lark_grammar,
 )
 from slmforge.runtime.sampling import (
     Sampler,
@@ -38,6 +40,7 @@ from slmforge.runtime.sampling import (
     sampled_tokens,
     token_logprob,
 )
+from slmforge.runtime.tool_calls import ToolParser, forced_grammar, parser_for, with_tool_calls
 
 Forward = Callable[[list[int]], np.ndarray]
 
@@ -71,12 +74,12 @@ class LocalEngine(BaseEngine):
             known = ", ".join(self._adapter_names) or "none loaded"
             raise InputError(f"unknown adapter {adapter!r} (known: {known})")
 
-    def prompt_ids(self, messages: list[Message]) -> list[int]:
+    def prompt_ids(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         if not self.tokenizer.chat_template:
             raise ModelError(f"{self.source} has no chat template; chat needs one")
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        text = render_chat(self.tokenizer, messages, tools, generation_prompt=True)
         # The template writes bos itself where the format has one.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -100,7 +103,8 @@ class LocalEngine(BaseEngine):
     ) -> Iterator[Delta]:
         # Checked here, not inside the stream, so bad requests fail before the first delta.
         self.check_adapter(adapter)
-        prompt = self.prompt_ids(messages)
+        self.check_params(params)
+        prompt = self.prompt_ids(messages, params.tools)
         self.check_room(len(prompt))
         return self._stream(prompt, params, adapter)
 
@@ -119,6 +123,15 @@ class LocalEngine(BaseEngine):
         if params.max_tokens > room:  # as llama-server does: shorten, finish_reason says so
             params = params.model_copy(update={"max_tokens": room})
         sampler = Sampler(params, self.constraint(params))
+        if params.tools and params.tool_choice != "none":
+            deltas = self._deltas(prompt, params, adapter, sampler)
+            yield from with_tool_calls(deltas, self.tool_parser)
+        else:
+            yield from self._deltas(prompt, params, adapter, sampler)
+
+    def _deltas(
+        self, prompt: list[int], params: GenParams, adapter: str | None, sampler: Sampler
+    ) -> Iterator[Delta]:
         if self.batcher is not None:
             yield from self._stream_batched(self.batcher, prompt, params, adapter, sampler)
             return
@@ -141,19 +154,32 @@ class LocalEngine(BaseEngine):
         finally:  # a stop string or a gone client ends it before the scheduler would
             sequence.cancel()
 
-    def constraint(self, params: GenParams) -> GrammarConstraint | None:
-        """The grammar constraint of a structured-output request (None for free text)."""
+    @property
+    def tool_parser(self) -> ToolParser:
+        return parser_for(self.tokenizer)
+
+    def _grammar(self, params: GenParams) -> tuple[str, str] | None:
+        """(grammar, the request field it comes from) of a constrained request."""
+        if params.tools:
+            choice, parallel = params.tool_choice, params.parallel_tool_calls
+            lark = forced_grammar(self.tool_parser, params.tools, choice, parallel)
+            if lark is not None:
+                return lark_grammar(lark), "tool_choice"
         grammar = grammar_for(params)
-        if grammar is None:
-            return None
-        return GrammarConstraint(self._grammar_tokenizer(), grammar)
+        return (grammar, "response_format") if grammar is not None else None
+
+    def constraint(self, params: GenParams) -> GrammarConstraint | None:
+        """The grammar constraint of a structured-output request or of a forced tool call
+        (None for free text)."""
+        grammar = self._grammar(params)
+        return None if grammar is None else GrammarConstraint(self._grammar_tokenizer(), grammar[0])
 
     def check_params(self, params: GenParams) -> None:
-        """Raise InputError for a request this engine cannot honour (a response schema the
-        grammar engine cannot compile), before anything is generated."""
-        grammar = grammar_for(params)
+        """Raise InputError for a request this engine cannot honour (a response schema or tool
+        parameters the grammar engine cannot compile), before anything is generated."""
+        grammar = self._grammar(params)
         if grammar is not None:
-            check_grammar(grammar, self._grammar_tokenizer(), "response_format.json_schema")
+            check_grammar(grammar[0], self._grammar_tokenizer(), grammar[1])
 
     def _grammar_tokenizer(self) -> Any:
         return grammar_tokenizer(self.tokenizer, len(self.tokenizer), sorted(self.stop_ids))

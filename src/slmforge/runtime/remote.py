@@ -27,7 +27,7 @@ import openai
 
 from slmforge.config.endpoints import LOCAL_KEY
 from slmforge.errors import InputError, RemoteError
-from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, Usage
+from slmforge.runtime.engine import BaseEngine, Delta, GenParams, Message, ToolCall, Usage
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _RETRY_STATUSES = {408, 409, 429}
@@ -183,6 +183,10 @@ class RemoteEngine(BaseEngine):
         if params.top_k:
             # not in the OpenAI schema; vLLM, llama-server and our server read it from the body
             request["extra_body"] = {"top_k": params.top_k}
+        if params.tools:
+            request["tools"] = params.tools
+            request["tool_choice"] = params.tool_choice
+            request["parallel_tool_calls"] = params.parallel_tool_calls
         if params.json_schema is not None:
             request["response_format"] = {"type": "json_schema", "json_schema": params.json_schema}
         elif params.json_mode:
@@ -252,9 +256,11 @@ def _read_head(chunks: Iterator[Any]) -> list[Any]:
 
 
 def _deltas(head: list[Any], rest: Iterator[Any]) -> Iterator[Delta]:
-    """Text deltas from OpenAI chunks, then one final delta with finish_reason and usage."""
+    """Text deltas from OpenAI chunks, the tool calls (assembled from their pieces) once the
+    stream ends, then one final delta with finish_reason and usage."""
     finish_reason: str | None = None
     usage = Usage()
+    calls: dict[int, dict[str, str]] = {}
     for chunk in _chain(head, rest):
         if chunk.usage is not None:
             usage = Usage(
@@ -264,9 +270,24 @@ def _deltas(head: list[Any], rest: Iterator[Any]) -> Iterator[Delta]:
         for choice in chunk.choices or []:
             if choice.delta is not None and choice.delta.content:
                 yield Delta(text=choice.delta.content)
+            for piece in (choice.delta.tool_calls if choice.delta else None) or []:
+                _add_piece(calls, piece)
             if choice.finish_reason:
                 finish_reason = choice.finish_reason
+    if calls:
+        yield Delta(
+            tool_calls=[ToolCall(c["id"], c["name"], c["arguments"]) for c in calls.values()]
+        )
     yield Delta(finish_reason=finish_reason or "stop", usage=usage)
+
+
+def _add_piece(calls: dict[int, dict[str, str]], piece: Any) -> None:
+    """One streamed piece of a call: the id and name come once, the arguments in fragments."""
+    call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+    call["id"] = piece.id or call["id"]
+    if piece.function is not None:
+        call["name"] = piece.function.name or call["name"]
+        call["arguments"] += piece.function.arguments or ""
 
 
 def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slmforge.http.streams import iterate_in_thread
-from slmforge.runtime.engine import Delta, GenParams, Usage
+from slmforge.runtime.engine import Delta, GenParams, ToolCall, Usage
 from slmforge.safety.verdicts import NoFilter
 from slmforge.serve.metrics import ServerMetrics
 
@@ -29,6 +29,7 @@ class ChoiceResult:
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     logprobs: list[Any] = field(default_factory=list)  # sampling.TokenLogprob
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 def choice_params(params: GenParams, index: int) -> GenParams:
@@ -52,7 +53,9 @@ async def engine_deltas(
 
 def _merge(deltas: list[Delta]) -> Delta:
     logprobs = [entry for d in deltas for entry in (d.logprobs or [])]
-    return Delta(text="".join(d.text for d in deltas), logprobs=logprobs or None)
+    calls = [call for d in deltas for call in (d.tool_calls or [])]
+    text = "".join(d.text for d in deltas)
+    return Delta(text=text, logprobs=logprobs or None, tool_calls=calls or None)
 
 
 async def screened(
@@ -92,7 +95,7 @@ async def _screened(
         if verdict.blocked:
             yield Delta(finish_reason="content_filter", usage=delta.usage if final else None)
             return
-        if piece.text or piece.logprobs:
+        if piece.text or piece.logprobs or piece.tool_calls:
             yield piece
         released, held = released + piece.text, []
         if final:
@@ -130,6 +133,7 @@ async def collect(deltas: AsyncIterator[Delta], recorder: Recorder) -> ChoiceRes
         recorder.saw(delta)
         parts.append(delta.text)
         result.logprobs.extend(delta.logprobs or [])
+        result.tool_calls.extend(delta.tool_calls or [])
         if delta.finish_reason is not None:
             result.finish_reason = delta.finish_reason
             result.usage = delta.usage or Usage()

@@ -6,8 +6,8 @@ into the engine's `GenParams` (`to_gen_params`). Unknown fields are errors (the 
 answers "Unrecognized request argument"). Fields a local engine cannot honour but clients
 routinely send (penalties, `logit_bias`, `user`, `metadata`, `store`, ...) are accepted and
 ignored, because judge and evaluation libraries send them on every request. Fields whose meaning
-we would silently change (`tools`, `suffix`, `best_of` > n, image content) are rejected with a
-message naming them.
+we would silently change (`suffix`, `best_of` > n, image content) are rejected with a message
+naming them. Function calling lives in `protocol_tools.py`.
 
 Responses and stream chunks are models too, serialised as the OpenAI API serialises them: a
 field listed in `optional_fields` appears only when it was set (`usage` on a chunk only with
@@ -18,29 +18,26 @@ included, because clients tell "absent" from `null`.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictInt,
-    StrictStr,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from slmforge.http.errors import APIError
 from slmforge.http.ids import new_id
 from slmforge.runtime.engine import GenParams, Usage
+from slmforge.serve.protocol_base import OpenAIObject
+from slmforge.serve.protocol_base import Strict as _Strict
+from slmforge.serve.protocol_tools import (
+    DeltaToolCall,
+    RequestToolCall,
+    ToolCallObject,
+    ToolFields,
+    request_tool_calls,
+)
 
 MAX_CHOICES = 16
 MAX_STOP_SEQUENCES = 4
 FINGERPRINT = "fp_slmforge"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ContentPart(BaseModel):
@@ -53,12 +50,26 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     refusal: str | None = None
+    tool_calls: list[RequestToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # the call a tool message answers
+
+    @model_validator(mode="after")
+    def _parts_fit_the_role(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: required (null only for an assistant turn with tool_calls)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only an assistant message calls tools")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id: required in a tool message")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         texts = []
@@ -70,9 +81,17 @@ class ChatMessage(BaseModel):
             texts.append(part.text)  # type: ignore[attr-defined]
         return "".join(texts)
 
-    def for_template(self) -> dict[str, str]:
+    def for_template(self) -> dict[str, Any]:
         """The message as chat templates take it; `developer` is the newer `system`."""
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.text(),
+        }
+        if self.tool_calls:
+            message["tool_calls"] = request_tool_calls(self.tool_calls)
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class StreamOptions(_Strict):
@@ -164,16 +183,13 @@ def capped_max_tokens(requested: int | None, param: str, cap: int) -> int:
     return requested if requested is not None else cap
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(_Sampling, ToolFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     # Accepted and ignored, as above.
     metadata: dict[str, str] | None = None
     store: bool | None = None
@@ -186,8 +202,6 @@ class ChatCompletionRequest(_Sampling):
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.tools:
-            raise ValueError("tools: tool calling is not supported by this server")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
         for index, message in enumerate(self.messages):
@@ -197,7 +211,7 @@ class ChatCompletionRequest(_Sampling):
                 raise ValueError(f"messages[{index}].{exc}") from None
         return self
 
-    def chat_messages(self) -> list[dict[str, str]]:
+    def chat_messages(self) -> list[dict[str, Any]]:
         return [m.for_template() for m in self.messages]
 
     def to_gen_params(self, max_tokens_cap: int) -> GenParams:
@@ -211,6 +225,7 @@ class ChatCompletionRequest(_Sampling):
             top_logprobs=self.top_logprobs or 0,
             json_mode=kind == "json_object",
             json_schema=schema.model_dump(by_alias=True, exclude_none=True) if schema else None,
+            **self.tool_options(),
         )
 
 
@@ -275,19 +290,6 @@ class DetokenizeRequest(_Strict):
 
 
 # -- responses ------------------------------------------------------------------------------
-
-
-class OpenAIObject(BaseModel):
-    """A response object: `optional_fields` appear only when set, every other field always."""
-
-    optional_fields: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _drop_unset_optionals(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        for name in self.optional_fields - self.model_fields_set:
-            data.pop(name, None)
-        return data
 
 
 def response_head(id_prefix: str, model: str) -> dict[str, Any]:
@@ -379,9 +381,12 @@ class ChatLogprobs(OpenAIObject):
 
 
 class AssistantMessage(OpenAIObject):
+    optional_fields = frozenset({"tool_calls"})
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCallObject] | None = None
 
 
 class ChatChoice(_Choice):
@@ -398,10 +403,11 @@ class ChatCompletionResponse(_Response):
 
 
 class DeltaMessage(OpenAIObject):
-    optional_fields = frozenset({"role", "content"})
+    optional_fields = frozenset({"role", "content", "tool_calls"})
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(_Choice):

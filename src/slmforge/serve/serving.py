@@ -24,7 +24,8 @@ from slmforge.runtime.engine import Delta, Usage
 from slmforge.safety.verdicts import FilterVerdict
 from slmforge.serve.app import ServerState
 from slmforge.serve.generation import Recorder, screened
-from slmforge.serve.protocol import OpenAIObject, PromptFilterResult, UsageInfo
+from slmforge.serve.protocol import PromptFilterResult, UsageInfo
+from slmforge.serve.protocol_base import OpenAIObject
 from slmforge.serve.scheduler import QueueFull, Scheduler
 
 DISCONNECT_POLL_S = 0.25

@@ -30,6 +30,7 @@ from slmforge.serve.protocol import (
     UsageInfo,
     response_head,
 )
+from slmforge.serve.protocol_tools import DeltaToolCall, ToolCallObject
 from slmforge.serve.serving import Annotations, Chunks, bad_request, context_error, respond
 
 
@@ -65,16 +66,16 @@ async def create_chat_completion(
         return await routed_chat_completion(state, body, request)
     engine = state.ready().engine
     inputs = chat_inputs(state, body)
+    params = body.to_gen_params(state.config.max_tokens_cap)
     try:
-        prompt = engine.prompt_ids(inputs.messages)
+        prompt = engine.prompt_ids(inputs.messages, params.tools)
         engine.check_room(len(prompt))
     except ContextLengthError as exc:
         raise context_error(exc, "messages") from None
-    params = body.to_gen_params(state.config.max_tokens_cap)
     try:
         engine.check_params(params)
     except InputError as exc:
-        raise bad_request(exc, "response_format") from None
+        raise bad_request(exc, str(exc).split(":", 1)[0]) from None
     recorder = Recorder(state.metrics, "chat", body.model)
     recorder.prompt(len(prompt))
     annotations = Annotations(state, [inputs.verdict])
@@ -102,10 +103,14 @@ class _ChatRun:
         for index in range(self.body.n):
             result = await collect(self.deltas(index), self.recorder)
             usage.completion_tokens += result.usage.completion_tokens
+            calls = [ToolCallObject.of(call) for call in result.tool_calls]
+            message = AssistantMessage(content=result.text or None if calls else result.text)
+            if calls:
+                message.tool_calls = calls
             choices.append(
                 ChatChoice(
                     index=index,
-                    message=AssistantMessage(content=result.text),
+                    message=message,
                     logprobs=self.logprobs(result.logprobs),
                     finish_reason=result.finish_reason,
                     **self.annotations.choice(index),
@@ -126,8 +131,13 @@ class _ChatRun:
             yield chunk
         for index in range(self.body.n):
             yield delta_chunk(chunks, index, DeltaMessage(role="assistant", content=""))
+            calls = 0
             async for delta in self.deltas(index):
                 self.recorder.saw(delta)
+                for call in delta.tool_calls or []:
+                    for piece in DeltaToolCall.pieces(calls, call):
+                        yield delta_chunk(chunks, index, DeltaMessage(tool_calls=[piece]))
+                    calls += 1
                 if delta.finish_reason is not None:
                     usage.completion_tokens += (delta.usage or Usage()).completion_tokens
                     yield delta_chunk(

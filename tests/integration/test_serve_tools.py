@@ -1,0 +1,133 @@
+"""Function calling against a real server on 127.0.0.1, driven by the official `openai` client:
+forced calls (required, named) that parse and validate, streamed tool-call deltas, tool results
+sent back, and bad tool requests as 400s naming the field. The tiny model has never seen a tool;
+the grammar engine is what makes its calls valid."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import openai
+import pytest
+from jsonschema import validate
+
+from slmforge.config.serve import ServeConfig
+from slmforge.serve.server import RunningServer, start_in_thread
+
+pytestmark = pytest.mark.integration
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 12},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"enum": ["UTC", "CET"]}},
+            "required": ["zone"],
+        },
+    },
+}
+TOOLS = [WEATHER, TIME]
+ASK = [{"role": "user", "content": "What is the weather in Oslo?"}]
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx", "onnx-batched"])
+def server(request, tiny_llama, llama_onnx) -> Iterator[RunningServer]:
+    model = tiny_llama if request.param == "torch" else llama_onnx
+    concurrency = 4 if request.param == "onnx-batched" else 1
+    running = start_in_thread(ServeConfig(model=str(model), port=0, max_concurrency=concurrency))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def ask(server, client, **options):
+    options = {"max_tokens": 160, "temperature": 0.7, "seed": 3, "tools": TOOLS} | options
+    name = server.server.state.served.name
+    return client.chat.completions.create(model=name, messages=options.pop("messages", ASK),
+                                          **options)  # fmt: skip
+
+
+def schema_of(name: str) -> dict:
+    return next(t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == name)
+
+
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_time"}}]
+)
+def test_forced_calls_parse_and_match_the_declared_parameters(server, client, choice) -> None:
+    reply = ask(server, client, tool_choice=choice, parallel_tool_calls=False)
+    choice_ = reply.choices[0]
+    assert choice_.finish_reason == "tool_calls", choice_
+    assert choice_.message.content is None
+    (call,) = choice_.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    if isinstance(choice, dict):
+        assert call.function.name == "get_time"
+    validate(json.loads(call.function.arguments), schema_of(call.function.name))
+
+
+def test_streamed_tool_calls_arrive_as_openai_streams_them(server, client) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    chunks = list(ask(server, client, tool_choice=named, stream=True))
+    pieces = [c.choices[0].delta.tool_calls for c in chunks if c.choices and
+              c.choices[0].delta.tool_calls]  # fmt: skip
+    first, *rest = [p for group in pieces for p in group]
+    assert first.index == 0 and first.id.startswith("call_") and first.type == "function"
+    assert first.function.name == "get_weather" and first.function.arguments == ""
+    arguments = "".join(p.function.arguments for p in rest)
+    validate(json.loads(arguments), schema_of("get_weather"))
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == ["tool_calls"]
+
+
+def test_a_tool_result_sent_back_gets_an_answer(server, client) -> None:
+    first = ask(server, client, tool_choice="required", parallel_tool_calls=False)
+    call = first.choices[0].message.tool_calls[0]
+    messages = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 3}'},
+    ]
+    reply = ask(server, client, messages=messages, tool_choice="none", max_tokens=8)
+    assert reply.choices[0].message.tool_calls is None
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "book"}}}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "has space"}}]},
+         "tools[0].function.name"),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+        ({"tools": None, "tool_choice": "required"}, "tool_choice"),
+        ({"messages": [*ASK, {"role": "tool", "content": "3"}]}, "messages[1].tool_call_id"),
+    ],
+)  # fmt: skip
+def test_bad_tool_requests_are_400_naming_the_field(server, client, options, param) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(server, client, **options)
+    assert caught.value.param == param, caught.value.body
