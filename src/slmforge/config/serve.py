@@ -36,6 +36,13 @@ class ServeConfig(StrictModel):
     )
     max_concurrency: int = Field(1, ge=1, le=256, description="Generations running at once.")
     max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 429.")
+    prefix_cache_mib: int = Field(
+        256,
+        ge=0,
+        description="Memory for the prefix cache: keys and values of prompt prefixes (system "
+        "prompts, tool definitions, few-shot examples) reused by later requests with the same "
+        "adapter; least recently used first out; 0 turns it off.",
+    )
     max_tokens_cap: int = Field(4096, ge=1, description="Largest max_tokens a request may ask.")
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body in bytes.")
     device: str = Field("cpu", description="Torch device for PyTorch models (cpu, cuda, cuda:1).")

@@ -33,6 +33,7 @@ from slmforge.runtime.grammar import (
     grammar_tokenizer,
     lark_grammar,
 )
+from slmforge.runtime.prefix_cache import PrefixCache
 from slmforge.runtime.sampling import (
     Sampler,
     TokenLogprob,
@@ -56,6 +57,7 @@ class LocalEngine(BaseEngine):
     context_length: int
     source: str  # the folder or hub id, for messages
     batcher: BatchScheduler | None = None  # continuous batching, where the engine has it
+    prefix_cache: PrefixCache | None = None  # keys and values of shared prompt prefixes
 
     def _init_local(self, tokenizer: Any, adapters: list[str], eos: Any) -> None:
         self.tokenizer = tokenizer
@@ -68,6 +70,11 @@ class LocalEngine(BaseEngine):
 
     def adapters(self) -> list[str]:
         return list(self._adapter_names)
+
+    def enable_prefix_cache(self, max_bytes: int) -> bool:
+        """Keep the keys and values of prompt prefixes (up to `max_bytes`) for reuse; returns
+        whether this engine can (each engine that can overrides this)."""
+        return False
 
     def check_adapter(self, adapter: str | None) -> None:
         if adapter is not None and adapter not in self._adapter_names:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from slmforge.errors import RunError
+from slmforge.runtime.prefix_cache import PrefixCache, concatenated
 
 ROWS_START = 4  # rows a group's buffers start with; doubles up to the batch size
 CAPACITY_START = 256  # tokens per row the buffers start with; doubles up to the context
@@ -130,6 +131,7 @@ class OnnxBatchModel:
             parameters = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
             self.adapter_inputs[name] = dict(parameters)
         self.groups: dict[str | None, _Group] = {}
+        self.prefix_cache: PrefixCache | None = None  # set by the engine when it keeps one
 
     def open(self, prompt: list[int], adapter: str | None) -> tuple[_Slot, np.ndarray]:
         group = self.groups.setdefault(adapter, _Group(adapter))
@@ -157,16 +159,43 @@ class OnnxBatchModel:
 
     def sequence_logits(self, ids: list[int], adapter: str | None) -> np.ndarray:
         """Logits at every position of `ids` (one pass in a cache of its own)."""
-        return self._prefill(_Group(adapter, rows_start=1), ids)
+        return self._prefill(_Group(adapter, rows_start=1), ids, cached=False)
 
-    def _prefill(self, group: _Group, prompt: list[int]) -> np.ndarray:
-        """Runs `prompt` into the group's next free row; returns logits [len(prompt), vocab]."""
+    def _prefill(self, group: _Group, prompt: list[int], cached: bool = True) -> np.ndarray:
+        """Runs `prompt` into the group's next free row; returns the logits of the positions it
+        computed [n, vocab] (after the blocks the prefix cache supplied, if any)."""
         row = len(group.lengths)
         self._reserve(group, row + 1, len(prompt))
-        ids = np.asarray([prompt], dtype=self.ids_dtype)
-        logits = self._run(group, row, ids, np.ones_like(ids, dtype=self.mask_dtype))
+        cache = self.prefix_cache if cached else None
+        reused = self._load_prefix(group, row, prompt) if cache is not None else 0
+        ids = np.asarray([prompt[reused:]], dtype=self.ids_dtype)
+        mask = np.ones((1, len(prompt)), dtype=self.mask_dtype)  # cached + new positions
+        logits = self._run(group, row, ids, mask)
         group.lengths.append(len(prompt))
+        if cache is not None:
+            buffers = self._buffers(group)
+            cache.store(
+                group.adapter,
+                prompt,
+                reused // cache.block,
+                lambda start, end: [b[row, :, start:end].copy() for b in buffers],
+            )
         return logits[0]
+
+    def _load_prefix(self, group: _Group, row: int, prompt: list[int]) -> int:
+        """Copies the cached blocks that open `prompt` into the row; returns their length."""
+        assert self.prefix_cache is not None
+        blocks = self.prefix_cache.lookup(group.adapter, prompt)
+        if not blocks:
+            return 0
+        length = len(blocks) * self.prefix_cache.block
+        for buffer, array in zip(self._buffers(group), concatenated(blocks, 1), strict=True):
+            buffer[row, :, :length] = array
+        return length
+
+    def _buffers(self, group: _Group) -> list[np.ndarray]:
+        """The group's cache buffers in the graph's order (key, value of each layer)."""
+        return [b for pair in zip(group.keys, group.values, strict=True) for b in pair]
 
     def step(self, slots: list[_Slot], tokens: list[int]) -> list[np.ndarray]:
         out: list[Any] = [None] * len(slots)
@@ -243,8 +272,7 @@ class OnnxBatchModel:
         """Binds rows row..row+rows-1 of the group's cache as past and present (one buffer, so
         a pass copies no cache) and the group's adapter tensors."""
         shape = (rows, self.kv_heads, group.capacity, self.head_size)
-        buffers = [b for pair in zip(group.keys, group.values, strict=True) for b in pair]
-        for (past, present), buffer in zip(self.cache_names, buffers, strict=True):
+        for (past, present), buffer in zip(self.cache_names, self._buffers(group), strict=True):
             address = buffer[row : row + rows].ctypes.data  # contiguous: whole leading rows
             binding.bind_input(past, "cpu", 0, self.cache_dtype, shape, address)
             binding.bind_output(present, "cpu", 0, self.cache_dtype, shape, address)

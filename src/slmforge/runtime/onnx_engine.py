@@ -32,6 +32,7 @@ from slmforge.progress import warn
 from slmforge.runtime.batching import BatchScheduler
 from slmforge.runtime.local import Forward, LocalEngine
 from slmforge.runtime.onnx_batch import OnnxBatchModel, batch_support
+from slmforge.runtime.prefix_cache import PrefixCache
 
 
 def default_adapters(folder: Path) -> dict[str, str]:
@@ -70,6 +71,12 @@ class OnnxEngine(LocalEngine):
         if max_batch > 1:
             warn(f"{self.folder}: requests decode one at a time: {reason}")
         self._load_genai(adapters)
+
+    def enable_prefix_cache(self, max_bytes: int) -> bool:
+        if self.direct is None:  # onnxruntime-genai's generator keeps its cache to itself
+            return False
+        self.prefix_cache = self.direct.prefix_cache = PrefixCache(max_bytes)
+        return True
 
     def _load_genai(self, adapters: dict[str, str]) -> None:
         import onnxruntime_genai as og

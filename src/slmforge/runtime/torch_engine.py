@@ -17,6 +17,7 @@ from typing import Any
 from slmforge.errors import ModelError
 from slmforge.models.load import load_causal_lm, load_tokenizer
 from slmforge.runtime.local import Forward, LocalEngine
+from slmforge.runtime.prefix_cache import PrefixCache, concatenated
 
 
 class TorchEngine(LocalEngine):
@@ -62,19 +63,29 @@ class TorchEngine(LocalEngine):
         self.model.set_adapter(adapter)
         return nullcontext()
 
+    def enable_prefix_cache(self, max_bytes: int) -> bool:
+        self.prefix_cache = PrefixCache(max_bytes)
+        return True
+
     @contextmanager
     def session(self, adapter: str | None, max_length: int) -> Iterator[Forward]:
-        """A forward function over a KV cache: the prompt's prefill, then one token a step."""
+        """A forward function over a KV cache: the prompt's prefill (after the blocks the prefix
+        cache has of it), then one token a step."""
         import torch
         from transformers import DynamicCache
 
         cache = DynamicCache()
+        prefill = self.prefix_cache is not None
 
         def forward(new_ids: list[int]) -> Any:
-            nonlocal cache
-            inputs = torch.tensor([new_ids], device=self.device)
+            nonlocal cache, prefill
+            reused = _load_prefix(self.prefix_cache, cache, adapter, new_ids) if prefill else 0
+            inputs = torch.tensor([new_ids[reused:]], device=self.device)
             out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
+            if prefill:
+                _store_prefix(self.prefix_cache, cache, adapter, new_ids, reused)
+                prefill = False
             return out.logits[0, -1].float().cpu().numpy()
 
         with torch.inference_mode(), self._adapter_context(adapter):
@@ -86,6 +97,28 @@ class TorchEngine(LocalEngine):
         with torch.inference_mode(), self._adapter_context(adapter):
             inputs = torch.tensor([ids], device=self.device)
             return self.model(input_ids=inputs, use_cache=False).logits[0].float().cpu().numpy()
+
+
+def _load_prefix(prefix: Any, cache: Any, adapter: str | None, prompt: list[int]) -> int:
+    """Fills the empty `cache` with the cached blocks that open `prompt`; returns their length."""
+    blocks = prefix.lookup(adapter, prompt)
+    if not blocks:
+        return 0
+    arrays = concatenated(blocks, axis=1)
+    for layer in range(len(arrays) // 2):
+        cache.update(arrays[2 * layer][None], arrays[2 * layer + 1][None], layer)
+    return len(blocks) * prefix.block
+
+
+def _store_prefix(prefix: Any, cache: Any, adapter: str | None, prompt: list[int], reused: int):
+    if not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+        return  # sliding-window layers drop early positions: not a prefix to share
+
+    def export(start: int, end: int) -> list[Any]:
+        layers = cache.layers
+        return [t[0, :, start:end].clone() for y in layers for t in (y.keys, y.values)]
+
+    prefix.store(adapter, prompt, reused // prefix.block, export)
 
 
 def _context_length(config: Any, tokenizer: Any) -> int:

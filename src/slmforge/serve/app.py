@@ -92,6 +92,7 @@ def create_app(
     state = ServerState(config, guard, content_filter or NoFilter())
     guard.count = state.metrics.count
     state.served = served
+    state.metrics.watch_prefix_cache(lambda: _prefix_stats(state))
 
     def queue_gauges() -> None:
         if state.scheduler is not None:
@@ -115,3 +116,8 @@ def create_app(
 
     add_routes(app, state)
     return app
+
+
+def _prefix_stats(state: ServerState) -> Any:
+    cache = getattr(state.served.engine, "prefix_cache", None) if state.served else None
+    return cache.stats if cache is not None else None

@@ -5,7 +5,11 @@ Each app has its own registry, so several servers (or tests) in one process neve
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -61,6 +65,11 @@ class ServerMetrics:
             "slmforge_running_requests", "Generations running now.", registry=self.registry
         )
 
+    def watch_prefix_cache(self, stats_of: Callable[[], Any]) -> None:
+        """Report the prefix cache's counters (`runtime.prefix_cache.PrefixStats`, or None
+        while no model with one is loaded) at every scrape."""
+        self.registry.register(_PrefixCacheCollector(stats_of))
+
     def count(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         if status >= 400:
@@ -73,3 +82,33 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCacheCollector:
+    """Counters read from the engine's prefix cache when /metrics is scraped."""
+
+    COUNTERS = (
+        ("hits", "slmforge_prefix_cache_hits", "Prompt blocks read from the prefix cache."),
+        ("misses", "slmforge_prefix_cache_misses", "Full prompt blocks computed (not cached)."),
+        ("reused_tokens", "slmforge_prefix_cache_reused_tokens", "Prompt tokens not prefilled."),
+        ("evicted", "slmforge_prefix_cache_evictions", "Blocks dropped to stay in budget."),
+    )
+    GAUGES = (
+        ("bytes", "slmforge_prefix_cache_bytes", "Memory the cached keys and values take."),
+        ("blocks", "slmforge_prefix_cache_blocks", "Blocks in the prefix cache."),
+    )
+
+    def __init__(self, stats_of: Callable[[], Any]) -> None:
+        self.stats_of = stats_of
+
+    def describe(self) -> list[Any]:
+        return []  # names are known only once a model is loaded; nothing to check up front
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.stats_of()
+        if stats is None:
+            return
+        for field, name, documentation in self.COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=getattr(stats, field))
+        for field, name, documentation in self.GAUGES:
+            yield GaugeMetricFamily(name, documentation, value=getattr(stats, field))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from slmforge.progress import info
 from slmforge.runtime.local_models import EngineKind, detect_kind, load_local, plan_local
 
 __all__ = ["EngineKind", "ServedModel", "detect_engine", "load_served", "resolve_engine"]
@@ -57,15 +58,21 @@ def load_served(
     allow_pickle: bool = False,
     device: str = "cpu",
     max_batch: int = 1,
+    prefix_cache_mib: int = 0,
 ) -> ServedModel:
     """`max_batch` > 1 lets an ONNX model decode that many requests together (continuous
-    batching); PyTorch models run one generation at a time."""
+    batching); PyTorch models run one generation at a time. `prefix_cache_mib` > 0 keeps that
+    much of the keys and values of prompt prefixes for later requests."""
     plan = plan_local(model, engine=engine, adapters=adapters, select=False)
     folder = Path(model)
     served_name = name or (folder.name if folder.is_dir() else model)
     if plan.kind == "onnx":
-        return ServedModel(load_local(plan, max_batch=max_batch), served_name, {model})
-    if plan.adapter_folder is not None:  # an adapter artifact: serve its base with it
-        served_name = name or Path(plan.base).name
-    torch_engine = load_local(plan, device=device, allow_pickle=allow_pickle)
-    return ServedModel(torch_engine, served_name, {model, plan.base})
+        served = ServedModel(load_local(plan, max_batch=max_batch), served_name, {model})
+    else:
+        if plan.adapter_folder is not None:  # an adapter artifact: serve its base with it
+            served_name = name or Path(plan.base).name
+        torch_engine = load_local(plan, device=device, allow_pickle=allow_pickle)
+        served = ServedModel(torch_engine, served_name, {model, plan.base})
+    if prefix_cache_mib and not served.engine.enable_prefix_cache(prefix_cache_mib << 20):
+        info(f"{model}: no prefix cache (onnxruntime-genai's generator keeps its own cache)")
+    return served

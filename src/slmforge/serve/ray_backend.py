@@ -39,6 +39,7 @@ def replica_app_builder(config_json: str) -> Any:
             config.allow_pickle,
             config.device,
             config.max_concurrency,
+            config.prefix_cache_mib,
         )
         keys = ApiKeys.from_options(config.api_key, config.api_keys_file)
         app = create_app(config, keys, served)

@@ -70,6 +70,7 @@ class Server:
                 self.config.allow_pickle,
                 self.config.device,
                 self.config.max_concurrency,
+                self.config.prefix_cache_mib,
             )
         except Exception as exc:
             self.state.load_error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
