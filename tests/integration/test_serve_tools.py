@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 from jsonschema import validate
+from pydantic import Field
 
 from slmforge.config.serve import ServeConfig
 from slmforge.serve.server import RunningServer, start_in_thread
@@ -125,9 +126,81 @@ def test_a_tool_result_sent_back_gets_an_answer(server, client) -> None:
         ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
         ({"tools": None, "tool_choice": "required"}, "tool_choice"),
         ({"messages": [*ASK, {"role": "tool", "content": "3"}]}, "messages[1].tool_call_id"),
+        ({"messages": [*ASK, {"role": "tool", "content": "3", "tool_call_id": "call_x"}]},
+         "messages[1].tool_call_id"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "objekt"}}}]}, "tools[0].function.parameters"),
+        ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f",
+          "parameters": {"type": "object", "properties": {"a": {"type": "string",
+          "pattern": "(?<=x)y"}}}}}]}, "tool_choice"),
     ],
 )  # fmt: skip
 def test_bad_tool_requests_are_400_naming_the_field(server, client, options, param) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         ask(server, client, **options)
     assert caught.value.param == param, caught.value.body
+
+
+@pytest.fixture(scope="module")
+def batched(llama_onnx) -> Iterator[RunningServer]:
+    running = start_in_thread(ServeConfig(model=str(llama_onnx), port=0, max_concurrency=4))
+    yield running
+    running.stop()
+
+
+def _sampled_call(server: RunningServer, index: int) -> tuple[str, dict]:
+    """Request `index` of 20: required or named, streamed or not, temperature 1."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+    choice = "required" if index % 2 else {"type": "function", "function": {"name": "get_time"}}
+    options = {
+        "model": server.server.state.served.name,
+        "messages": ASK,
+        "tools": TOOLS,
+        "tool_choice": choice,
+        "parallel_tool_calls": False,
+        "temperature": 1.0,
+        "seed": 100 + index,
+        "max_tokens": 200,
+    }
+    if index % 4 < 2:
+        reply = client.chat.completions.create(**options)
+        (call,) = reply.choices[0].message.tool_calls
+        return call.function.name, json.loads(call.function.arguments)
+    with client.chat.completions.stream(**options) as stream:
+        final = stream.get_final_completion()
+    (call,) = final.choices[0].message.tool_calls
+    assert final.choices[0].finish_reason == "tool_calls"
+    return call.function.name, json.loads(call.function.arguments)
+
+
+def test_twenty_sampled_forced_calls_all_validate(batched) -> None:
+    """Acceptance: required and named, streamed and not, temperature 1: 20 of 20 valid."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        calls = list(pool.map(lambda i: _sampled_call(batched, i), range(20)))
+    for index, (name, arguments) in enumerate(calls):
+        if index % 2 == 0:
+            assert name == "get_time"
+        validate(arguments, schema_of(name))
+
+
+def test_twenty_parsed_structured_outputs(batched) -> None:
+    """Acceptance: `client.beta.chat.completions.parse(response_format=Model)` parses 20/20."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Trip(BaseModel):
+        city: str = Field(max_length=12)
+        season: Literal["spring", "summer", "autumn", "winter"]
+        nights: int = Field(ge=1, le=9)
+
+    client = openai.OpenAI(base_url=f"{batched.url}/v1", api_key="none", max_retries=0)
+    for seed in range(20):
+        reply = client.beta.chat.completions.parse(
+            model=batched.server.state.served.name, messages=ASK, response_format=Trip,
+            temperature=1.0, seed=seed, max_tokens=200,
+        )  # fmt: skip
+        parsed = reply.choices[0].message.parsed
+        assert isinstance(parsed, Trip), reply.choices[0].message.content

@@ -32,6 +32,7 @@ from slmforge.serve.protocol_tools import (
     RequestToolCall,
     ToolCallObject,
     ToolFields,
+    check_tool_replies,
     request_tool_calls,
 )
 
@@ -209,6 +210,7 @@ class ChatCompletionRequest(_Sampling, ToolFields):
                 message.text()
             except ValueError as exc:
                 raise ValueError(f"messages[{index}].{exc}") from None
+        check_tool_replies(self.messages)
         return self
 
     def chat_messages(self) -> list[dict[str, Any]]:

@@ -20,6 +20,17 @@ class FunctionDefinition(Strict):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @model_validator(mode="after")
+    def _parameters_are_a_schema(self) -> FunctionDefinition:
+        from jsonschema import SchemaError, validators
+
+        if self.parameters is not None:
+            try:
+                validators.validator_for(self.parameters).check_schema(self.parameters)
+            except SchemaError as exc:
+                raise ValueError(f"parameters: not a valid JSON schema: {exc.message}") from None
+        return self
+
 
 class ToolDefinition(Strict):
     type: Literal["function"]
@@ -128,3 +139,16 @@ class DeltaToolCall(OpenAIObject):
 def request_tool_calls(calls: list[RequestToolCall]) -> list[dict[str, Any]]:
     """Earlier calls as chat templates take them (OpenAI's shape, arguments as text)."""
     return [{"id": c.id, "type": "function", "function": c.function.model_dump()} for c in calls]
+
+
+def check_tool_replies(messages: list[Any]) -> None:
+    """Each `tool` message answers a call of an earlier assistant message (OpenAI answers 400
+    otherwise)."""
+    calls: set[str] = set()
+    for index, message in enumerate(messages):
+        calls.update(call.id for call in message.tool_calls or [])
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise ValueError(
+                f"messages[{index}].tool_call_id: {message.tool_call_id!r} answers no tool call "
+                "of an earlier assistant message"
+            )
