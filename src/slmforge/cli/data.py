@@ -172,11 +172,12 @@ def stats(config: StatsConfig) -> None:
 
 @model_command(data_app, "sample", SampleConfig)
 def sample(config: SampleConfig) -> None:
-    """Write slmforge's travel-assistant sample data set (prompt/response jsonl)."""
+    """Write a sample data set: travel-assistant pairs, or function-calling rows (--kind tools)."""
     from slmforge.data.sample import sample_pairs, write_sample
 
-    path = write_sample(config.out, force=config.force)
-    _console().print(f"wrote {len(sample_pairs())} examples to {path}", markup=False)
+    path = write_sample(config.out, config.force, config.kind, config.count, config.seed)
+    count = len(sample_pairs()) if config.kind == "travel" else config.count
+    _console().print(f"wrote {count} examples to {path}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -69,6 +69,14 @@ class StatsConfig(ReadOptions):
 
 class SampleConfig(StrictModel):
     out: Path = Field(Path("travel.jsonl"), description="Where to write the sample jsonl.")
+    kind: Literal["travel", "tools"] = Field(
+        "travel",
+        description="travel: the travel-assistant prompt/response pairs; tools: travel "
+        "questions answered by a call to one of four declared functions (OpenAI rows with "
+        "tools and tool_calls).",
+    )
+    count: int = Field(400, gt=0, le=2000, description="Rows of --kind tools to write.")
+    seed: int = Field(0, description="Seed of --kind tools.")
     force: bool = Field(False, description="Replace the output if it exists.")
 
 

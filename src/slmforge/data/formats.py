@@ -339,7 +339,7 @@ def _convert(
         return None
     before = len(findings)
     messages = fmt.convert(record.value, options, at)
-    tools = _record_tools(record.value, at)
+    tools = record_tools(record.value, at)
     if messages is None or len(findings) > before:
         return None
     assign_call_ids(messages, record.line)
@@ -358,7 +358,7 @@ def _convert(
     return Example(messages, record.line, str(path), meta or None, tools)
 
 
-def _record_tools(record: dict[str, Any], at: _Where) -> list[dict[str, Any]] | None:
+def record_tools(record: dict[str, Any], at: Any) -> list[dict[str, Any]] | None:
     """The functions a record declares: OpenAI's `tools`, or the older `functions`."""
     key = next((k for k in ("tools", "functions") if record.get(k) is not None), None)
     return parse_tools(record[key], key, at) if key else None

@@ -469,10 +469,16 @@ def sample_pairs() -> list[dict[str, str]]:
     return pairs
 
 
-def write_sample(path: str | Path, force: bool = False) -> Path:
-    """Write the sample pairs as prompt/response jsonl (atomically)."""
+def write_sample(
+    path: str | Path, force: bool = False, kind: str = "travel", count: int = 400, seed: int = 0
+) -> Path:
+    """Write the sample set as jsonl (atomically): the travel prompt/response pairs, or `count`
+    function-calling rows (`data/sample_tools.py`)."""
+    from slmforge.data.sample_tools import tool_rows
+
+    rows = sample_pairs() if kind == "travel" else tool_rows(count, seed)
     final = Path(path)
     with atomic_file(final, force=force) as temp, open(temp, "w", encoding="utf-8") as handle:
-        for pair in sample_pairs():
-            handle.write(json.dumps(pair, ensure_ascii=False) + "\n")
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return final

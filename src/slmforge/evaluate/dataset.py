@@ -17,8 +17,9 @@ from pathlib import Path
 from slmforge.config.data import ReadOptions
 from slmforge.data.containers import Record, bad, container_for
 from slmforge.data.conversation import CONVERSATION_RULES
-from slmforge.data.formats import RECORD_FORMATS, RecordFormat
+from slmforge.data.formats import RECORD_FORMATS, RecordFormat, record_tools
 from slmforge.errors import DataError, Finding, InputError
+from slmforge.models.tool_format import hermes_call_text
 from slmforge.runtime.engine import Message
 
 _PLACEHOLDER = "\x00reference\x00"  # stands in for a missing reference while a record converts
@@ -31,10 +32,12 @@ class EvalRow:
     prompt: list[Message]
     reference: str | None
     context: str | None
+    tools: list[dict] | None = None  # functions the answer may call (a tool-call reference)
 
     def key(self) -> str:
         """What identifies this row's question: a cached answer belongs to the same key."""
-        text = json.dumps([self.prompt, self.context], ensure_ascii=False)
+        parts = [self.prompt, self.context, *([self.tools] if self.tools else [])]
+        text = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -79,7 +82,7 @@ def _row(
     context_field: str,
     path: Path,
     findings: list[Finding],
-) -> tuple[list[Message], str | None, str | None] | None:
+) -> tuple[list[Message], str | None, str | None, list[dict] | None] | None:
     value = record.value
     if not isinstance(value, dict):
         findings.append(bad(path, record.line, "expected a JSON object", "not_object"))
@@ -93,16 +96,20 @@ def _row(
     where = _Where(str(path), record.line, findings)
     before = len(findings)
     messages = fmt.convert(value, options, where)
+    tools = record_tools(value, where)
     if messages is None or len(findings) > before:
         return None
     reference = None
     if messages and messages[-1]["role"] == "assistant":
-        reference = None if missing_ref else messages[-1]["content"]
+        last = messages[-1]
+        # a reference that calls tools is compared in one text form (tool-call metrics)
+        text = hermes_call_text(last) if last.get("tool_calls") else last["content"]
+        reference = None if missing_ref else text
         messages = messages[:-1]
     # the conversation rules check the prompt as if a reference followed it
     for rule in CONVERSATION_RULES:
         for field_name, message, rule_name in rule(
-            [*messages, {"role": "assistant", "content": ""}], None
+            [*messages, {"role": "assistant", "content": ""}], tools
         ):
             where.add(fmt.file_field(field_name), message, rule_name)
     if len(findings) > before:
@@ -110,7 +117,8 @@ def _row(
     if options.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": options.system_prompt})
     context = value.get(context_field)
-    return messages, reference, context if isinstance(context, str) and context.strip() else None
+    context = context if isinstance(context, str) and context.strip() else None
+    return messages, reference, context, tools
 
 
 def read_rows(

@@ -214,3 +214,37 @@ def is_refusal(answer: str) -> bool:
 )
 def _refusal(answer: str, reference: str | None) -> float:
     return float(is_refusal(answer))
+
+
+def _calls(text: str | None) -> list[tuple[str, Any]]:
+    """(name, arguments) of the `<tool_call>` blocks of an answer or reference (the text form
+    eval gives tool calls); an unparsable block counts as a call to nothing."""
+    import json
+    import re
+
+    calls = []
+    for block in re.findall(r"<tool_call>\s*(.*?)\s*</tool_call>", text or "", re.DOTALL):
+        try:
+            parsed = json.loads(block)
+        except json.JSONDecodeError:
+            parsed = None
+        ok = isinstance(parsed, dict) and isinstance(parsed.get("name"), str)
+        calls.append((parsed["name"], parsed.get("arguments")) if ok else ("", None))
+    return calls
+
+
+@register_metric(
+    "tool_call_accuracy",
+    "1 if the answer calls the reference's functions, in order, with equal arguments (JSON "
+    "values compared); for a reference without calls, 1 if the answer calls none.",
+)
+def _tool_call_accuracy(answer: str, reference: str) -> float:
+    return float(_calls(answer) == _calls(reference))
+
+
+@register_metric(
+    "tool_name_accuracy",
+    "1 if the answer calls the reference's functions, in order (any arguments).",
+)
+def _tool_name_accuracy(answer: str, reference: str) -> float:
+    return float([n for n, _ in _calls(answer)] == [n for n, _ in _calls(reference)])

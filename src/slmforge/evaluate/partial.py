@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.errors import InputError
+from slmforge.models.tool_format import hermes_call_text
 from slmforge.runtime.engine import Completion
 
 
@@ -38,8 +39,15 @@ class Answer:
 
     @classmethod
     def of(cls, completion: Completion) -> Answer:
+        text = completion.text
+        if completion.tool_calls:  # the text form references of tool-call rows take
+            calls = [
+                {"function": {"name": call.name, "arguments": call.arguments}}
+                for call in completion.tool_calls
+            ]
+            text = hermes_call_text({"content": text, "tool_calls": calls})
         return cls(
-            text=completion.text,
+            text=text,
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.usage.prompt_tokens,
             completion_tokens=completion.usage.completion_tokens,

@@ -32,11 +32,13 @@ from slmforge.evaluate.dataset import EvalRow, read_rows
 from slmforge.evaluate.partial import Answer, PartialRun, answer_key
 from slmforge.evaluate.summary import check_gate_names, redact, summarize
 from slmforge.runtime.engine import Engine, GenParams, complete
+from slmforge.runtime.local import LocalEngine
 from slmforge.runtime.specs import checked_spec, is_remote, load_engine
 
 PROBE = [{"role": "user", "content": "Reply with OK."}]
 PROBE_RETRIES = 1
 PROBE_TIMEOUT_S = 15.0
+EVAL_PREFIX_CACHE_BYTES = 128 << 20  # a local target keeps its rows' shared prompt prefixes
 # a 400 from a content filter: ours and Azure OpenAI's ("...content management policy")
 CONTENT_FILTER = re.compile(r"content[_ ]filter|content management policy", re.IGNORECASE)
 
@@ -153,6 +155,8 @@ def _answer_rows(
         if engine is None:
             progress.info(f"loading {target.name} ({target.spec})")
             engine = load_engine(target.spec, device=cfg.device)
+            if isinstance(engine, LocalEngine):  # rows share system prompts and tools
+                engine.enable_prefix_cache(EVAL_PREFIX_CACHE_BYTES)
 
         def ask(i: int) -> Answer:
             answer = _ask(engine, rows[i], params)
@@ -175,6 +179,8 @@ def _answer_rows(
 
 
 def _ask(engine: Engine, row: EvalRow, params: GenParams) -> Answer:
+    if row.tools:  # the row's functions, offered as an app would (the model decides)
+        params = params.model_copy(update={"tools": row.tools})
     try:
         return Answer.of(complete(engine, row.prompt, params))
     except RemoteError as err:  # after the engine's own retries: recorded, retried on --resume

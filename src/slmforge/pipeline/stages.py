@@ -67,7 +67,7 @@ def _tiny_model(cfg: TinyModelConfig) -> None:
 def _sample(cfg: SampleConfig) -> None:
     from slmforge.data.sample import write_sample
 
-    write_sample(cfg.out, force=cfg.force)
+    write_sample(cfg.out, cfg.force, cfg.kind, cfg.count, cfg.seed)
 
 
 def _convert(cfg: ConvertConfig) -> None:
