@@ -154,3 +154,39 @@ def test_adapter_folders_loaded_by_name(tiny_llama: Path, llama_adapters: dict[s
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") >= 3
     assert "adapter: travel" in result.stderr and "adapter: none (the base model)" in result.stderr
+
+
+def test_tools_calls_and_results_and_json_schema_piped(llama_onnx: Path, tmp_path: Path) -> None:
+    """`--tools` with a named function: the call is shown, `/tool RESULT` answers it and the
+    model goes on; `--json-schema` makes every answer JSON that validates."""
+    import json
+
+    from jsonschema import validate
+
+    tools = tmp_path / "tools.json"
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+              "required": ["city"], "additionalProperties": False}  # fmt: skip
+    tools.write_text(json.dumps([{"type": "function", "function": {
+        "name": "get_weather", "parameters": schema}}]))  # fmt: skip
+    command = [SLMFORGE, "chat", "--model", str(llama_onnx), "--max-tokens", "120"]
+    result = subprocess.run(
+        [*command, "--tools", str(tools), "--tool-choice", "get_weather"],
+        input='Weather in Oslo?\n/tool {"temp_c": 3}\n', capture_output=True, text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = re.search(r"-> get_weather\((\{.*?\})\)  \[call_\w+; reply with /tool\]", result.stdout)
+    assert shown, result.stdout
+    validate(json.loads(shown.group(1)), schema)
+    assert result.stdout.count("-> get_weather(") == 2  # still forced after the result
+    (tmp_path / "trip.json").write_text(json.dumps(schema))
+    structured = subprocess.run(
+        [*command, "--json-schema", str(tmp_path / "trip.json")], input="Where to?\nAnd then?\n",
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert structured.returncode == 0, structured.stderr
+    for line in structured.stdout.strip().splitlines():
+        validate(json.loads(line), schema)
+    bad = subprocess.run([*command, "--tool-choice", "book"], input="hi\n", capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--tool-choice needs --tools" in bad.stderr

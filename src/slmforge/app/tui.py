@@ -37,6 +37,7 @@ class Turn:
     text: str
     final: Delta | None  # the last delta, with usage and timings; None when stopped
     stopped: bool = False
+    called: bool = False  # the answer calls tools (results come with /tool)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ChatSession:
     adapter: str | None = None
     system: str | None = None
     history: list[Message] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # ids of calls awaiting a /tool reply
 
     def select_adapter(self, name: str | None) -> None:
         known = self.engine.adapters()
@@ -58,14 +60,28 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history.clear()
+        self.pending.clear()
 
-    def messages(self, question: str) -> list[Message]:
+    def messages(self, question: str | None) -> list[Message]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return [*system, *self.history, {"role": "user", "content": question}]
+        asked = [{"role": "user", "content": question}] if question is not None else []
+        return [*system, *self.history, *asked]
 
-    def ask(self, question: str, write: Callable[[str], None]) -> Turn:
-        """Stream one answer through `write`; Ctrl-C stops it and keeps what was shown."""
+    def reply_to_call(self, result: str) -> bool:
+        """Record `result` as the reply to the oldest pending call; True when none is left (the
+        model answers next)."""
+        if not self.pending:
+            raise InputError("no tool call is waiting for a result")
+        self.history.append(
+            {"role": "tool", "tool_call_id": self.pending.pop(0), "content": result}
+        )
+        return not self.pending
+
+    def ask(self, question: str | None, write: Callable[[str], None]) -> Turn:
+        """Stream one answer through `write` (None: continue after tool results); Ctrl-C stops
+        it and keeps what was shown. Tool calls are shown as they come and wait for /tool."""
         parts: list[str] = []
+        calls: list[dict[str, Any]] = []
         final: Delta | None = None
         stream: Iterator[Delta] | None = None
         stopped = False
@@ -75,6 +91,10 @@ class ChatSession:
                 if delta.text:
                     parts.append(delta.text)
                     write(delta.text)
+                for call in delta.tool_calls or []:
+                    function = {"name": call.name, "arguments": call.arguments}
+                    calls.append({"id": call.id, "type": "function", "function": function})
+                    write(f"\n-> {call.name}({call.arguments})  [{call.id}; reply with /tool]")
                 if delta.timings is not None:
                     final = delta
         except KeyboardInterrupt:
@@ -84,12 +104,14 @@ class ChatSession:
             if close is not None:  # ends the generation wherever it was
                 close()
         text = "".join(parts)
-        if text or not stopped:  # an answer stopped before any text leaves no trace
-            self.history += [
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": text},
-            ]
-        return Turn(text, final, stopped)
+        if text or calls or not stopped:  # an answer stopped before any text leaves no trace
+            asked = [{"role": "user", "content": question}] if question is not None else []
+            answer: Message = {"role": "assistant", "content": text}
+            if calls:
+                answer["tool_calls"] = calls
+                self.pending = [c["id"] for c in calls]
+            self.history += [*asked, answer]
+        return Turn(text, final, stopped, bool(calls))
 
 
 def timings_line(final: Delta | None) -> str:
@@ -129,6 +151,15 @@ def _system(session: ChatSession, arg: str) -> str:
     return "system message set" if arg else "system message cleared"
 
 
+CONTINUE = object()  # what a command returns when the model answers next
+
+
+def _tool(session: ChatSession, arg: str) -> object:
+    if not arg:
+        raise InputError("/tool RESULT: give the function's result (e.g. JSON)")
+    return CONTINUE if session.reply_to_call(arg) else "result recorded; more calls wait"
+
+
 def _help(session: ChatSession, arg: str) -> str:
     return "commands: " + "; ".join(
         f"{name} {usage}".strip() for name, (usage, _) in COMMANDS.items()
@@ -144,6 +175,7 @@ COMMANDS: dict[str, tuple[str, Command]] = {
     "/reset": ("(forget the conversation)", _reset),
     "/adapter": ("NAME|none (switch adapter; alone: list them)", _adapter),
     "/system": ("TEXT (set the system message; alone: clear it)", _system),
+    "/tool": ("RESULT (the result of the pending tool call)", _tool),
     "/help": ("", _help),
     "/exit": ("(or /quit, Ctrl-D, Ctrl-C at the prompt)", _exit),
     "/quit": ("", _exit),
@@ -187,7 +219,10 @@ def run_chat(session: ChatSession, io: ChatIO, timings: bool = False) -> None:
                 reply = run_command(session, text)
                 if reply is EXIT:
                     return
-                io.note(reply)
+                if reply is CONTINUE:
+                    _answer(session, None, io, timings)
+                else:
+                    io.note(reply)
             else:
                 _answer(session, text, io, timings)
         except SlmforgeError as err:
@@ -196,7 +231,7 @@ def run_chat(session: ChatSession, io: ChatIO, timings: bool = False) -> None:
             io.note(f"error: {err}")
 
 
-def _answer(session: ChatSession, question: str, io: ChatIO, timings: bool) -> None:
+def _answer(session: ChatSession, question: str | None, io: ChatIO, timings: bool) -> None:
     from slmforge.runtime.local import ContextLengthError
 
     try:
@@ -208,7 +243,7 @@ def _answer(session: ChatSession, question: str, io: ChatIO, timings: bool) -> N
         io.note("(stopped; Ctrl-C again at the prompt exits)")
         return
     produced = turn.final.usage.completion_tokens if turn.final and turn.final.usage else 0
-    if not turn.text and produced:  # a blank line alone would look like a hang or a bug
+    if not turn.text and not turn.called and produced:  # a blank line alone would look broken
         plural = "s" if produced > 1 else ""
         io.note(f"(no text: {produced} token{plural} generated, none that decodes to text)")
     if timings:

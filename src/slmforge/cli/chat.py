@@ -39,6 +39,32 @@ def _adapters(values: list[str]) -> tuple[dict[str, Path], str | None]:
     return parse_adapter_options([v for v in values if "=" in v]), next(iter(names), None)
 
 
+def _structured(tools: Path | None, choice: str, schema: Path | None) -> dict[str, object]:
+    """GenParams fields of --tools, --tool-choice and --json-schema."""
+    import json
+
+    from slmforge.data.tools import load_tools
+
+    values: dict[str, object] = {}
+    if tools is not None:
+        values["tools"] = load_tools(tools)
+        names = [t["function"]["name"] for t in values["tools"]]  # type: ignore[index]
+        if choice not in ("auto", "required", "none") and choice not in names:
+            raise InputError(f"--tool-choice {choice}: not auto, required, none or a function "
+                             f"of --tools ({', '.join(names)})")  # fmt: skip
+        named = {"type": "function", "function": {"name": choice}}
+        values["tool_choice"] = choice if choice in ("auto", "required", "none") else named
+    elif choice != "auto":
+        raise InputError("--tool-choice needs --tools")
+    if schema is not None:
+        try:
+            document = json.loads(schema.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"--json-schema {schema}: {exc}") from None
+        values["json_schema"] = {"name": schema.stem, "schema": document, "strict": True}
+    return values
+
+
 def _prompt_on_stderr() -> str:
     sys.stderr.write("> ")
     sys.stderr.flush()
@@ -65,6 +91,20 @@ def chat(
     timings: bool = typer.Option(
         False, "--timings", help="After each answer, print time to first token and tokens/s."
     ),
+    tools: Path | None = typer.Option(
+        None,
+        "--tools",
+        help="JSON file of functions the model may call (OpenAI tool definitions); calls are "
+        "shown and /tool RESULT answers them.",
+    ),
+    tool_choice: str = typer.Option(
+        "auto", "--tool-choice", help="auto, required, none, or a function's name."
+    ),
+    json_schema: Path | None = typer.Option(
+        None,
+        "--json-schema",
+        help="JSON schema file: every answer is JSON matching it (structured output).",
+    ),
     chat_template: str | None = typer.Option(
         None,
         "--chat-template",
@@ -80,6 +120,7 @@ def chat(
     from slmforge.runtime.engine import GenParams
 
     values = {"max_tokens": max_tokens, "temperature": temperature}
+    values |= _structured(tools, tool_choice, json_schema)
     params = validate(GenParams, values, option_keys=set(values))
     load, selected = _adapters(adapter)
     session = open_chat(

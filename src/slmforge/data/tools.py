@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # OpenAI's rule for function names
@@ -232,3 +233,28 @@ def calls_from_json_text(text: str, where: str, at: Reporter) -> list[dict[str, 
 def hermes_text_without_calls(text: str) -> str:
     """An assistant turn's text outside its `<tool_call>` blocks."""
     return _HERMES_CALL.sub("", text).strip()
+
+
+def load_tools(path: Path) -> list[dict[str, Any]]:
+    """Tool definitions from a JSON file (a list, or an object with `tools`), as `chat --tools`
+    and other options read them; every problem is one InputError naming the file and field."""
+    from slmforge.errors import InputError
+
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if isinstance(value, dict) and "tools" in value:
+        value = value["tools"]
+    problems: list[str] = []
+
+    class _Collect:
+        def add(self, field_name: str | None, message: str, rule: str) -> None:
+            problems.append(f"{field_name}: {message}" if field_name else message)
+
+    tools = parse_tools(value, "tools", _Collect())
+    if tools is None or problems:
+        raise InputError(f"{path}: " + "; ".join(problems or ["no tool definitions"]))
+    return tools
