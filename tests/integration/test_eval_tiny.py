@@ -97,4 +97,3 @@ def test_fine_tuned_beats_base_on_f1_and_rouge_l_with_intervals(travel, tmp_path
     assert len(rows) == 16 and rows[0]["prompt"][0] == {"role": "system", "content": SYSTEM}
     perf = summary["results"]["tuned"]["performance"]
     assert perf["tokens_per_s"]["n"] > 0 and perf["completion_tokens"]["sum"] > 0
-
