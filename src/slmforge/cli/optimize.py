@@ -26,11 +26,13 @@ def _summary(out: Path) -> None:
     if manifest is None:
         return
     m, details = manifest.metrics, manifest.details
-    table = Table(title=f"{details['precision']} ONNX model ({details['device']}): {out}")
+    kind = details.get("format", "onnx")
+    where = details.get("device", "llama.cpp")
+    table = Table(title=f"{details['precision']} {kind.upper()} model ({where}): {out}")
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("size before (safetensors)", _size(m["size_before_bytes"]))
-    table.add_row("size after (onnx)", _size(m["size_after_bytes"]))
+    table.add_row(f"size after ({kind})", _size(m["size_after_bytes"]))
     table.add_row("ratio", f"{m['size_ratio']:.3f}" if m["size_ratio"] else "-")
     table.add_row("build time", f"{m['build_s']:.1f} s")
     console = Console()

@@ -1,4 +1,5 @@
-"""Options of `slmforge optimize` (Hugging Face model -> ONNX Runtime GenAI folder)."""
+"""Options of `slmforge optimize` (Hugging Face model -> ONNX Runtime GenAI folder, or a GGUF
+folder for llama.cpp and Ollama with `--format gguf`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from slmforge.config import StrictModel
-from slmforge.config.precisions import PRECISIONS, QUANT_ALGOS, OnnxPrecision, QuantAlgo
+from slmforge.config.gguf import GGUF_ALIASES, GGUF_PRECISIONS, GgufConfig
+from slmforge.config.precisions import PRECISIONS, QUANT_ALGOS, QuantAlgo
 
 OnnxDevice = Literal["cpu", "cuda", "dml"]
+AnyPrecision = Literal[tuple(PRECISIONS) + tuple(GGUF_PRECISIONS)]  # type: ignore[valid-type]
 
 # Defaults of --min-agreement and --max-kl per precision (config/precisions.py).
 DEFAULT_MIN_AGREEMENT = {name: p.min_agreement for name, p in PRECISIONS.items()}
@@ -28,13 +31,23 @@ def adapter_spec(spec: str) -> tuple[str, Path]:
 
 class OptimizeConfig(StrictModel):
     model: str = Field(description="Model folder (or a hub id already in the local cache).")
-    out: Path = Field(description="Output folder for the ONNX model.")
+    out: Path = Field(description="Output folder for the ONNX (or GGUF) model.")
+    format: Literal["onnx", "gguf"] = Field(
+        "onnx",
+        description="onnx: ONNX Runtime GenAI folder; gguf: llama.cpp / Ollama folder (GGUF "
+        "weights, adapters as GGUF LoRA files, Modelfile).",
+    )
     adapter: list[str] = Field(
         default_factory=list,
         description="LoRA adapter as NAME=DIR or DIR (repeat for several; switchable at runtime).",
     )
-    precision: OnnxPrecision = Field(
-        "int4", description="Weight precision: " + ", ".join(PRECISIONS) + "."
+    precision: AnyPrecision = Field(
+        "int4",
+        description="Weight precision: "
+        + ", ".join(PRECISIONS)
+        + " (onnx); "
+        + ", ".join(GGUF_PRECISIONS)
+        + " (gguf, where int4/int8/fp16 mean q4_0/q8_0/f16).",
     )
     device: OnnxDevice = Field("cpu", description="Execution provider the model is built for.")
     max_length: int = Field(
@@ -51,8 +64,17 @@ class OptimizeConfig(StrictModel):
     int4_algo: QuantAlgo = Field(
         "default",
         description="Quantization method: "
-        + "; ".join(f"{name}: {what}" for name, what in QUANT_ALGOS.items())
+        + "; ".join(f"{name}: {method.description}" for name, method in QUANT_ALGOS.items())
         + ".",
+    )
+    calibration_data: Path | None = Field(
+        None,
+        description="Prompts for --int4-algo gptq/awq (any file `slmforge data` reads, rendered "
+        "with the model's chat template; e.g. your training data). Never downloaded.",
+    )
+    calibration_samples: int = Field(32, gt=0, description="Calibration samples (token windows).")
+    calibration_seq_len: int = Field(
+        512, gt=0, description="Tokens per calibration sample (cut to the model's context)."
     )
     verify: bool = Field(True, description="Compare the ONNX model with PyTorch before keeping it.")
     verify_data: Path | None = Field(None, description="Prompts for verification (any data file).")
@@ -90,7 +112,53 @@ class OptimizeConfig(StrictModel):
     def _check_combinations(self) -> OptimizeConfig:
         if self.merge_adapter and len(self.adapter) != 1:
             raise ValueError("--merge-adapter needs exactly one --adapter")
+        if self.format == "gguf":
+            if GGUF_ALIASES.get(self.precision, self.precision) not in GGUF_PRECISIONS:
+                choices = ", ".join(GGUF_PRECISIONS)
+                raise ValueError(
+                    f"--precision {self.precision}: with --format gguf choose {choices}"
+                )
+            return self
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"--precision {self.precision} is a GGUF precision; add --format gguf, or choose "
+                + ", ".join(PRECISIONS)
+            )
+        method = QUANT_ALGOS[self.int4_algo]
+        if method.calibrated:
+            self._check_calibrated(method.name)
         return self
+
+    def gguf_config(self) -> GgufConfig:
+        """The GGUF export's own options (`optimize/gguf`), from these."""
+        return GgufConfig(
+            model=self.model,
+            out=self.out,
+            precision=GGUF_ALIASES.get(self.precision, self.precision),
+            adapter=self.adapter,
+            merge_adapter=self.merge_adapter,
+            verify=self.verify,
+            verify_data=self.verify_data,
+            verify_prompts=self.verify_prompts,
+            verify_tokens=self.verify_tokens,
+            min_agreement=self.min_agreement,
+            max_kl=self.max_kl,
+            force=self.force,
+        )
+
+    def _check_calibrated(self, algo: str) -> None:
+        if not PRECISIONS[self.precision].quantized:
+            raise ValueError(f"--int4-algo {algo} needs --precision int4 or int8")
+        if self.calibration_data is None:
+            raise ValueError(
+                f"--int4-algo {algo} needs --calibration-data FILE: prompts from your own data "
+                "(e.g. the training file), which optimize never downloads"
+            )
+        if algo == "awq" and self.adapter:
+            raise ValueError(
+                "--int4-algo awq rescales the inputs LoRA adapters read; use --int4-algo gptq "
+                "with --adapter"
+            )
 
     def adapters(self) -> dict[str, Path]:
         return dict(adapter_spec(spec) for spec in self.adapter)

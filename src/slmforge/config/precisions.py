@@ -38,11 +38,46 @@ PRECISIONS: dict[str, Precision] = {
     )
 }
 
-# The builder's weight-only quantization methods (its `algo_config` option), with what each does.
-QUANT_ALGOS: dict[str, str] = {
-    "default": "ONNX Runtime's MLAS blockwise round-to-nearest (fast)",
-    "rtn": "round-to-nearest with clipping ratios (neural-compressor's RTN)",
-    "k_quant": "llama.cpp-style k-quant scale search per block (usually the most accurate int4)",
+
+@dataclass(frozen=True)
+class QuantMethod:
+    """A weight-only int4/int8 quantization method. `builder_algo` is the builder's own
+    `algo_config` it builds with; a `calibrated` method first runs on activations of
+    --calibration-data (optimize/calibrated.py) and hands the builder its result."""
+
+    name: str
+    description: str
+    builder_algo: str
+    calibrated: bool = False
+
+
+QUANT_ALGOS: dict[str, QuantMethod] = {
+    m.name: m
+    for m in (
+        QuantMethod("default", "ONNX Runtime's MLAS blockwise round-to-nearest (fast)", "default"),
+        QuantMethod(
+            "rtn", "round-to-nearest with clipping ratios (neural-compressor's RTN)", "rtn"
+        ),
+        QuantMethod(
+            "k_quant",
+            "llama.cpp-style k-quant scale search per block (usually the most accurate int4)",
+            "k_quant",
+        ),
+        QuantMethod(
+            "gptq",
+            "GPTQ: rounding error compensated column by column with the Hessian of "
+            "--calibration-data activations, layer by layer",
+            "default",
+            calibrated=True,
+        ),
+        QuantMethod(
+            "awq",
+            "AWQ: activation-aware per-channel scales searched on --calibration-data, folded "
+            "into the preceding norm or linear, then round-to-nearest",
+            "default",
+            calibrated=True,
+        ),
+    )
 }
 
 OnnxPrecision = Literal[tuple(PRECISIONS)]  # type: ignore[valid-type]

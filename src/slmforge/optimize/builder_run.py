@@ -15,11 +15,17 @@ The output is byte-identical to the builder's (tests/integration/test_optimize_m
 peak memory is the loaded model plus the packed weights plus one matrix. Configurations this
 pass does not cover (QDQ format, quantized embeddings, mixed-bit overrides, CUDA prepacking)
 run the builder's own `to_nbits` unchanged.
+
+With `--slmforge-weights FILE` (GPTQ, optimize/gptq.py), the decoder layers' MatMuls take their
+packed weights from FILE instead of rounding: the node and initializer names and layouts stay
+the ones the quantizer gives (`precomputed_arrays` maps the builder's nodes to the Hugging Face
+modules, fused q/k/v included), and each is checked against the float weight it replaces.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import sys
 from collections.abc import Callable
@@ -168,7 +174,122 @@ def quantize_weight(model: Any, node: Any, weight: Any) -> tuple[list[Any], dict
         _nodes_and_arrays(_quantize_one(model, node, weight.name, read(start, stop)))
         for start, stop in column_chunks(rows, cols)
     ]
-    return join_chunks(chunks, cols)
+    nodes, arrays = join_chunks(chunks, cols)
+    if PRECOMPUTED is not None:
+        found = precomputed_arrays(PRECOMPUTED, node.name, weight.name, cols)
+        if found is None and _LAYER_MATMUL.match(node.name):
+            raise SystemExit(f"slmforge: no precomputed weights for {node.name}")
+        if found is not None:
+            arrays = _replace_arrays(arrays, found)
+            _check_close(model, weight, arrays)
+    return nodes, arrays
+
+
+# Precomputed packed weights (`--slmforge-weights`), opened lazily by `main`.
+PRECOMPUTED: Any = None
+_LAYER_MATMUL = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMul$")
+_HF_PARENT = {"attn": "self_attn", "mlp": "mlp"}
+_FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}  # the builder fuses these
+_HALVES = {"gate_proj": 0, "up_proj": 1}  # of a checkpoint's fused gate_up_proj (phi3)
+_PACKED_SUFFIXES = ("_Q4", "_Q8", "_scales", "_zero_points")
+
+
+def precomputed_arrays(store: Any, node_name: str, weight_name: str, cols: int) -> dict | None:
+    """The packed arrays `store` (a safetensors file, keys `<HF module><suffix>`) holds for a
+    builder MatMul node, named as the quantizer names them; None outside the decoder layers.
+    Rows are output channels, so a fused node's arrays are its modules' arrays stacked."""
+    import numpy as np
+
+    match = _LAYER_MATMUL.match(node_name)
+    if match is None:
+        return None
+    layer, part, proj = match.groups()
+    prefix = f"model.layers.{layer}.{_HF_PARENT[part]}."
+    keys = set(store.keys())
+    sources: list[tuple[str, slice]] = []
+    if f"{prefix}{proj}_scales" in keys:
+        sources = [(prefix + proj, slice(None))]
+    elif proj in _FUSED and all(f"{prefix}{p}_scales" in keys for p in _FUSED[proj]):
+        sources = [(prefix + p, slice(None)) for p in _FUSED[proj]]
+    elif proj in _HALVES and f"{prefix}gate_up_proj_scales" in keys:
+        half = _HALVES[proj]
+        sources = [(prefix + "gate_up_proj", slice(half * cols, (half + 1) * cols))]
+    if not sources:
+        return None
+    return {
+        weight_name + suffix: np.concatenate(
+            [store.get_slice(name + suffix)[rows] for name, rows in sources]
+        )
+        for suffix in _PACKED_SUFFIXES
+        if f"{sources[0][0]}{suffix}" in keys
+    }
+
+
+def _replace_arrays(arrays: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    """The quantizer's arrays with their contents replaced by `found`, same names and shapes."""
+    if found.keys() != arrays.keys():
+        raise SystemExit(
+            f"slmforge: precomputed weights {sorted(found)} do not match the build's "
+            f"{sorted(arrays)} (another block size or symmetry?)"
+        )
+    out = {}
+    for name, array in arrays.items():
+        if found[name].size != array.size:
+            raise SystemExit(
+                f"slmforge: precomputed {name} has {found[name].shape}, not {array.shape}"
+            )
+        out[name] = found[name].astype(array.dtype).reshape(array.shape)
+    return out
+
+
+MAX_RELATIVE_ERROR = 0.5  # int4 GPTQ is ~0.1; a weight of another module or layout is ~1.4
+
+
+def _check_close(model: Any, weight: Any, arrays: dict[str, Any]) -> None:
+    """Refuse packed weights far from the float weight they replace (a wrong mapping); read in
+    the pass's column chunks, so the check holds no more than quantizing does."""
+    import numpy as np
+
+    bits = model.quant_attrs["bits"]
+    rows, cols = weight.shape
+    packed = arrays[f"{weight.name}_Q{bits}"]
+    scales = arrays[f"{weight.name}_scales"].astype(np.float32).reshape(cols, -1)
+    zeros = arrays.get(f"{weight.name}_zero_points")
+    zeros = None if zeros is None else zeros.reshape(cols, -1)
+    read = _column_reader(model, weight)
+    error = norm = 0.0
+    for start, stop in column_chunks(rows, cols):
+        part = None if zeros is None else zeros[start:stop]
+        restored = dequantize_packed(packed[start:stop], scales[start:stop], part, bits, rows)
+        original = read(start, stop).T
+        error += float(np.square(restored - original).sum())
+        norm += float(np.square(original).sum())
+    relative = (error / max(norm, 1e-30)) ** 0.5
+    if relative > MAX_RELATIVE_ERROR:
+        raise SystemExit(
+            f"slmforge: precomputed weights of {weight.name} are far from it "
+            f"(relative error {relative:.2f}): wrong module mapping"
+        )
+
+
+def dequantize_packed(packed: Any, scales: Any, zeros: Any, bits: int, rows: int) -> Any:
+    """[N, K] floats from `MatMulNBits` arrays (optimize/gptq.py: `pack_matmul_nbits`)."""
+    import numpy as np
+
+    n, blocks = scales.shape
+    codes = packed.reshape(n, blocks, -1)
+    if bits == 4:
+        codes = np.stack([codes & 15, codes >> 4], -1).reshape(n, blocks, -1)
+    block = codes.shape[-1]
+    if zeros is None:
+        zero = np.full((n, blocks), 2 ** (bits - 1), dtype=np.float32)
+    elif bits == 4:
+        zeros = zeros.reshape(n, -1)
+        zero = np.stack([zeros & 15, zeros >> 4], -1).reshape(n, -1)[:, :blocks].astype(np.float32)
+    else:
+        zero = zeros.reshape(n, blocks).astype(np.float32)
+    values = (codes.astype(np.float32) - zero[..., None]) * scales[..., None]
+    return values.reshape(n, blocks * block)[:, :rows]
 
 
 def _graft(model: Any, node: Any, weight: Any, nodes: list[Any], arrays: dict[str, Any]) -> None:
@@ -258,6 +379,12 @@ def install() -> None:
 
 
 def main(argv: list[str]) -> None:
+    global PRECOMPUTED
+    if argv[:1] == ["--slmforge-weights"]:
+        from safetensors import safe_open
+
+        PRECOMPUTED = safe_open(argv[1], framework="numpy")
+        argv = argv[2:]
     install()
     sys.argv = [MODULE, *argv]
     runpy.run_module(MODULE, run_name="__main__", alter_sys=True)

@@ -1,6 +1,11 @@
 """Will `slmforge optimize` fit? Its peak memory from config.json and the checkpoint's size.
 
-Optimize runs in two phases, never both at once (docs/optimize.md, "Memory"):
+Optimize runs in two phases (three with --int4-algo gptq|awq), never two at once
+(docs/optimize.md, "Memory"):
+  calibrate  PyTorch over the checkpoint in its own dtype, one decoder layer in fp32, two sets
+           of calibration activations (one layer's inputs and outputs, every sample), one
+           sample's MLP activations, and GPTQ's Hessians of one layer and its packed weights
+           (or AWQ's search rows and the scaled checkpoint as it is saved).
   build    the builder subprocess: its runtime, the checkpoint memory-mapped (every page is
            read once, and resident pages count), the packed int4/int8 weights as they
            accumulate, the fused attention projections the builder concatenates for families
@@ -33,14 +38,17 @@ _FUSED_BY_CHECKPOINT = {"phi3"}  # families whose checkpoints already fuse qkv a
 class OptimizeEstimate:
     build: Estimate
     verify: Estimate | None
+    calibrate: Estimate | None = None
 
     @property
     def total(self) -> int:
-        return max(self.build.total, self.verify.total if self.verify else 0)
+        phases = (self.build, self.verify, self.calibrate)
+        return max(phase.total for phase in phases if phase is not None)
 
     def describe(self) -> str:
         text = f"build {self.build.describe()}"
-        return text + (f"; verify {self.verify.describe()}" if self.verify else "")
+        text += f"; verify {self.verify.describe()}" if self.verify else ""
+        return text + (f"; calibrate {self.calibrate.describe()}" if self.calibrate else "")
 
 
 def build_estimate(shape: ModelShape, precision: str, checkpoint: int) -> Estimate:
@@ -75,12 +83,43 @@ def verify_estimate(shape: ModelShape, checkpoint: int, prompts: int, tokens: in
     )
 
 
+def calibration_estimate(
+    shape: ModelShape, algo: str, checkpoint: int, samples: int, seq_len: int
+) -> Estimate:
+    per_layer = shape.layer_linear_params // max(shape.layers, 1)
+    parts = {
+        "runtime": VERIFY_RUNTIME,
+        "checkpoint (mapped)": checkpoint,
+        "layer (fp32)": per_layer * 4,
+        "activations": 2 * samples * seq_len * shape.hidden * 4,
+        "one sample's MLP": 3 * seq_len * shape.intermediate * 4,
+    }
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    if algo == "gptq":  # X^T X per Linear: q, k, v, gate and up read the hidden size
+        parts["Hessians"] = (5 * shape.hidden**2 + q**2 + shape.intermediate**2) * 4
+        parts["packed weights"] = int(
+            shape.layer_linear_params * get_precision("int4").packed_bytes_per_weight()
+        )
+    else:  # AWQ: search rows and the RTN copy of the widest group, then the scaled model saved
+        widest = shape.hidden * max(q + 2 * kv, 2 * shape.intermediate)
+        parts["scale search"] = 3 * widest * 4
+        parts["scaled checkpoint (at save)"] = checkpoint // max(shape.layers, 1)
+    return Estimate(parts)
+
+
 def optimize_estimate(
-    shape: ModelShape, precision: str, checkpoint: int, verify: bool, prompts: int, tokens: int
+    shape: ModelShape,
+    precision: str,
+    checkpoint: int,
+    verify: bool,
+    prompts: int,
+    tokens: int,
+    calibrate: Estimate | None = None,
 ) -> OptimizeEstimate:
     return OptimizeEstimate(
         build_estimate(shape, precision, checkpoint),
         verify_estimate(shape, checkpoint, prompts, tokens) if verify else None,
+        calibrate,
     )
 
 

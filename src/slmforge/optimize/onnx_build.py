@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge import progress
-from slmforge.config.precisions import get_precision
+from slmforge.config.precisions import QUANT_ALGOS, get_precision
 from slmforge.errors import InputError, ModelError, RunError
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "phi3", "mistral")
@@ -94,20 +94,28 @@ def builder_options(cfg: Any, extra: dict[str, str]) -> dict[str, str]:
     if get_precision(cfg.precision).quantized:
         options["block_size"] = str(cfg.int4_block_size)
         options["is_symmetric"] = str(cfg.int4_symmetric).lower()
-        options["algo_config"] = cfg.int4_algo
+        options["algo_config"] = QUANT_ALGOS[cfg.int4_algo].builder_algo
         if cfg.int4_accuracy_level is not None:
             options["accuracy_level"] = str(cfg.int4_accuracy_level)
     return options | extra
 
 
 def run_builder(
-    source: Path, out: Path, precision: str, device: str, options: dict[str, str], cache: Path
+    source: Path,
+    out: Path,
+    precision: str,
+    device: str,
+    options: dict[str, str],
+    cache: Path,
+    weights: Path | None = None,
 ) -> None:
-    """Run the builder into `out`; any failure raises RunError with its last error lines."""
+    """Run the builder into `out`; any failure raises RunError with its last error lines.
+    `weights`: packed int4/int8 weights to use instead of rounding (optimize/gptq.py)."""
     command = [
         sys.executable,
         "-m",
         "slmforge.optimize.builder_run",  # the builder, quantizing one MatMul at a time
+        *(["--slmforge-weights", str(weights)] if weights is not None else []),
         "-i",
         str(source),
         "-o",

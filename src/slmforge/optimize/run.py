@@ -1,9 +1,10 @@
-"""`slmforge optimize`: check -> build -> adapters -> verify -> keep.
+"""`slmforge optimize`: check -> calibrate -> build -> adapters -> verify -> keep.
 
 Everything that can be wrong with the input (model folder, architecture, device, adapters and
 their base, the output path, the verification data) is checked before the builder starts. The
 build happens inside an artifact temp folder, so a failed build or a failed verification leaves
-nothing behind.
+nothing behind. The calibrated methods (--int4-algo gptq|awq, optimize/calibrated.py) read and
+check their calibration data before any work too, and run just before the builder.
 """
 
 from __future__ import annotations
@@ -17,18 +18,26 @@ from typing import Any
 from slmforge import progress
 from slmforge.artifacts import artifact, check_output, source_of
 from slmforge.config.optimize import OptimizeConfig
-from slmforge.config.precisions import get_precision
+from slmforge.config.precisions import QUANT_ALGOS, get_precision
 from slmforge.optimize import adapters as lora
-from slmforge.optimize import memory, onnx_build, verify
+from slmforge.optimize import calibrated, calibration, memory, onnx_build, verify
 
 
 def optimize(cfg: OptimizeConfig) -> Path:
-    """Build, verify and write the ONNX model folder; returns its path."""
+    """Build, verify and write the ONNX model folder (or, with `--format gguf`, the GGUF
+    folder: optimize/gguf); returns its path."""
+    if cfg.format == "gguf":
+        from slmforge.optimize.gguf import export_gguf
+
+        return export_gguf(cfg.gguf_config())
     source = onnx_build.resolve_model(cfg.model)
     model_type = onnx_build.check_architecture(source)
     onnx_build.check_device(cfg.precision, cfg.device)
     check_output(cfg.out, cfg.force)
-    memory.check_optimize_fits(estimate(cfg, source))
+    from slmforge.train.shape import read_shape
+
+    shape = read_shape(str(source), cfg.trust_remote_code)
+    memory.check_optimize_fits(estimate(cfg, source, shape))
     adapters = cfg.adapters()
     infos = lora.check_adapters(adapters, source)
     prompts = verify.verification_prompts(cfg.verify_data, cfg.verify_prompts)
@@ -39,10 +48,20 @@ def optimize(cfg: OptimizeConfig) -> Path:
     stops = stop_strings(tokenizer)
     vocab = tokenizer.get_vocab()
     stop_ids = [vocab[s] for s in stops if s in vocab]
+    calib = None
+    if QUANT_ALGOS[cfg.int4_algo].calibrated and cfg.calibration_data is not None:
+        context = shape.context or cfg.calibration_seq_len
+        calib = calibration.calibration_windows(
+            cfg.calibration_data,
+            tokenizer,
+            cfg.calibration_samples,
+            cfg.calibration_seq_len,
+            context,
+        )
 
     with artifact(cfg.out, "onnx_model", force=cfg.force) as art:
         started = time.monotonic()
-        _build(cfg, source, art.path, infos)
+        quantization = _calibrate_and_build(cfg, source, art.path, infos, calib)
         genai = onnx_build.finish_folder(art.path, source, tokenizer, stop_ids, cfg.max_length)
         switchable = _write_adapters(art.path, infos) if infos and not cfg.merge_adapter else {}
         build_s = time.monotonic() - started
@@ -63,23 +82,72 @@ def optimize(cfg: OptimizeConfig) -> Path:
             "merged_adapter": infos[0].name if cfg.merge_adapter else None,
             "adapters": switchable,
             "builder": f"onnxruntime-genai {onnx_build.builder_version()}",
+            "quantization": quantization,
         }
     progress.info(f"wrote {cfg.out}")
     return Path(cfg.out)
 
 
-def estimate(cfg: OptimizeConfig, source: Path) -> memory.OptimizeEstimate:
+def estimate(cfg: OptimizeConfig, source: Path, shape: Any = None) -> memory.OptimizeEstimate:
     """The memory this build will need (optimize/memory.py), from config.json and file sizes."""
     from slmforge.train.shape import read_shape
 
-    shape = read_shape(str(source), cfg.trust_remote_code)
+    shape = shape or read_shape(str(source), cfg.trust_remote_code)
     checkpoint = memory.checkpoint_bytes(source)
+    calibrate = None
+    if QUANT_ALGOS[cfg.int4_algo].calibrated:
+        calibrate = memory.calibration_estimate(
+            shape, cfg.int4_algo, checkpoint, cfg.calibration_samples, cfg.calibration_seq_len
+        )
     return memory.optimize_estimate(
-        shape, cfg.precision, checkpoint, cfg.verify, cfg.verify_prompts, cfg.verify_tokens
+        shape,
+        cfg.precision,
+        checkpoint,
+        cfg.verify,
+        cfg.verify_prompts,
+        cfg.verify_tokens,
+        calibrate,
     )
 
 
-def _build(cfg: OptimizeConfig, source: Path, out: Path, infos: list[lora.AdapterInfo]) -> None:
+def _calibrate_and_build(
+    cfg: OptimizeConfig,
+    source: Path,
+    out: Path,
+    infos: list[lora.AdapterInfo],
+    calib: calibration.Calibration | None,
+) -> dict[str, Any] | None:
+    """Build (after the calibrated method's step, if any); the quantization the manifest
+    records, None for a float build."""
+    precision = get_precision(cfg.precision)
+    if not precision.quantized:
+        _build(cfg, source, out, infos)
+        return None
+    recorded: dict[str, Any] = {
+        "algo": cfg.int4_algo,
+        "bits": precision.bits,
+        "block_size": cfg.int4_block_size,
+        "symmetric": cfg.int4_symmetric,
+    }
+    if calib is None:
+        _build(cfg, source, out, infos)
+        return recorded
+    settings = calibrated.Settings(
+        precision.bits or 4, cfg.int4_block_size, cfg.int4_symmetric, cfg.trust_remote_code
+    )
+    with tempfile.TemporaryDirectory(prefix="slmforge-calibrated-") as scratch:
+        prepared = calibrated.prepare(cfg.int4_algo, source, calib, settings, Path(scratch))
+        _build(cfg, prepared.source, out, infos, prepared.weights)
+    return recorded | {"calibration": prepared.details}
+
+
+def _build(
+    cfg: OptimizeConfig,
+    source: Path,
+    out: Path,
+    infos: list[lora.AdapterInfo],
+    weights: Path | None = None,
+) -> None:
     extra: dict[str, str] = {}
     if infos:
         extra["adapter_path"] = str(infos[0].path)
@@ -91,7 +159,9 @@ def _build(cfg: OptimizeConfig, source: Path, out: Path, infos: list[lora.Adapte
         extra["nodes_to_exclude"] = ",".join(names)
     options = onnx_build.builder_options(cfg, extra)
     with tempfile.TemporaryDirectory(prefix="slmforge-onnx-cache-") as cache:
-        onnx_build.run_builder(source, out, cfg.precision, cfg.device, options, Path(cache))
+        onnx_build.run_builder(
+            source, out, cfg.precision, cfg.device, options, Path(cache), weights
+        )
 
 
 def _write_adapters(folder: Path, infos: list[lora.AdapterInfo]) -> dict[str, Any]:

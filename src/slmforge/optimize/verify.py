@@ -419,7 +419,8 @@ def check(
             f"verification failed for {label}: needs mean KL <= {bar:.3g} (--max-kl, or "
             f"{EXPECTED_KL_FACTOR:g}x the rounding's own) and confident agreement >= "
             f"{min_agreement:.1%} (--min-agreement); {figures}; try a higher precision, "
-            "--int4-algo k_quant or --int4-block-size 16"
+            "--int4-algo gptq/awq with --calibration-data, --int4-algo k_quant or "
+            "--int4-block-size 16"
         )
 
 

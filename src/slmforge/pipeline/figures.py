@@ -50,7 +50,7 @@ def _optimize(cfg: Any) -> list[str]:
         return []
     m = manifest.metrics
     return [
-        f"{cfg.precision} ONNX {m['size_after_bytes'] / 1e6:.1f} MB, "
+        f"{cfg.precision} {cfg.format.upper()} {m['size_after_bytes'] / 1e6:.1f} MB, "
         f"size ratio {_number(m.get('size_ratio'), '.3f')} vs safetensors"
     ]
 
