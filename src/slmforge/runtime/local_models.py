@@ -4,6 +4,8 @@ One set of rules for every entry point (`slmforge chat`, `eval`, `app`, `serve`,
 
 - an ONNX folder (`genai_config.json`, or a manifest of kind `onnx_model`) runs on ONNX Runtime
   with its `.onnx_adapter` files; `+NAME` selects one of them (or adds an `.onnx_adapter` file);
+- a GGUF folder (`optimize --format gguf`) runs on llama.cpp (llama-cpp-python) with its GGUF
+  LoRA files; `+NAME` selects one;
 - an adapter folder (`adapter_config.json`) runs its base model with that adapter;
 - any other folder or hub id runs on PyTorch; `+ADAPTER_DIR` loads and selects a LoRA folder.
 
@@ -33,25 +35,30 @@ class LocalModel:
     adapter folders or `.onnx_adapter` files), and the one requests use when they name none."""
 
     base: str
-    kind: Literal["torch", "onnx"]
+    kind: Literal["torch", "onnx", "gguf"]
     adapters: dict[str, str] = field(default_factory=dict)
     selected: str | None = None
     adapter_folder: Path | None = None  # set when the spec named an adapter folder itself
 
 
-def detect_kind(folder: Path) -> Literal["torch", "onnx"]:
-    """The engine kind of a folder: "onnx" for an ONNX model folder, else "torch"."""
+def detect_kind(folder: Path) -> Literal["torch", "onnx", "gguf"]:
+    """The engine kind of a folder: "onnx" for an ONNX model folder, "gguf" for a GGUF folder,
+    else "torch"."""
+    from slmforge.runtime.llamacpp_engine import is_gguf_folder
+
     manifest = read_manifest(folder) if folder.is_dir() else None
     if manifest is not None and manifest.kind == "onnx_model":
         return "onnx"
+    if is_gguf_folder(folder):
+        return "gguf"
     return "onnx" if (folder / "genai_config.json").is_file() else "torch"
 
 
 def _check_kind(model: str, wanted: EngineKind, detected: str) -> None:
     if wanted == "onnx" and detected != "onnx":
         raise InputError(f"{model} is not an ONNX model folder; make one with slmforge optimize")
-    if wanted == "torch" and detected == "onnx":
-        raise InputError(f"{model} is an ONNX model folder; serve it with --engine onnx")
+    if wanted == "torch" and detected != "torch":
+        raise InputError(f"{model} is an {detected.upper()} model folder; leave --engine auto")
 
 
 def _check_adapter_paths(adapters: Mapping[str, str | Path], kind: str) -> None:
@@ -61,6 +68,8 @@ def _check_adapter_paths(adapters: Mapping[str, str | Path], kind: str) -> None:
             raise InputError(f"--adapter {name}={path}: expected an .onnx_adapter file")
         if kind == "torch" and not (path / "adapter_config.json").is_file():
             raise InputError(f"--adapter {name}={path}: not a LoRA adapter folder")
+        if kind == "gguf" and not (path.is_file() and path.suffix == ".gguf"):
+            raise InputError(f"--adapter {name}={path}: expected a GGUF LoRA file (.gguf)")
 
 
 def plan_local(
@@ -88,7 +97,19 @@ def plan_local(
     found = {name: str(path) for name, path in named.items()}
     if kind == "onnx":
         return _plan_onnx(folder, adapter, found)
+    if kind == "gguf":
+        return _plan_gguf(folder, adapter, found)
     return _plan_torch(model, adapter, found, select)
+
+
+def _plan_gguf(folder: Path, adapter: str | None, found: dict[str, str]) -> LocalModel:
+    from slmforge.runtime.llamacpp_engine import gguf_files
+
+    known = gguf_files(folder)[1] | found
+    if adapter is not None and adapter not in known:
+        names = ", ".join(known) or "none"
+        raise InputError(f"{folder} has no adapter {adapter!r} (known: {names})")
+    return LocalModel(str(folder), "gguf", known, adapter)
 
 
 def _plan_onnx(folder: Path, adapter: str | None, found: dict[str, str]) -> LocalModel:
@@ -126,6 +147,10 @@ def load_local(plan: LocalModel, *, max_batch: int = 1, **torch_options: Any) ->
         from slmforge.runtime.onnx_engine import OnnxEngine
 
         engine: Any = OnnxEngine(plan.base, plan.adapters, max_batch=max_batch)
+    elif plan.kind == "gguf":
+        from slmforge.runtime.llamacpp_engine import LlamaCppEngine
+
+        engine = LlamaCppEngine(plan.base, plan.adapters)
     else:
         from slmforge.runtime.torch_engine import TorchEngine
 

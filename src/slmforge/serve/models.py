@@ -74,5 +74,5 @@ def load_served(
         torch_engine = load_local(plan, device=device, allow_pickle=allow_pickle)
         served = ServedModel(torch_engine, served_name, {model, plan.base})
     if prefix_cache_mib and not served.engine.enable_prefix_cache(prefix_cache_mib << 20):
-        info(f"{model}: no prefix cache (onnxruntime-genai's generator keeps its own cache)")
+        info(f"{model}: no prefix cache with the {served.engine.name} engine")
     return served

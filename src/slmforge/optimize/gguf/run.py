@@ -62,6 +62,8 @@ def export_gguf(cfg: GgufConfig) -> Path:
             inputs.stops,
             inputs.source.name,
         )
+        # the tokenizer beside the weights: slmforge's llama.cpp engine renders chats with it
+        inputs.tokenizer.save_pretrained(art.path)
         write_s = time.monotonic() - started
         parity = _verify(cfg, inputs, art.path, model_file, files)
         art.manifest.source = {"model": source_of(inputs.source, "model")} | {
