@@ -88,9 +88,8 @@ def llama_cpp_own(folder: Path) -> float:
     ids = llm.tokenize(b"How is the configuration file read at start-up?")
     for _ in range(2):
         llm.reset()
-        start, count = time.perf_counter(), 0
-        for _token in llm.generate(ids, temp=0.0):
-            count += 1
+        start = time.perf_counter()
+        for count, _token in enumerate(llm.generate(ids, temp=0.0), start=1):
             if count == 1:
                 start = time.perf_counter()  # decode only, as above
             if count > TOKENS:
