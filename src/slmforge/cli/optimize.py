@@ -25,6 +25,9 @@ def _summary(out: Path) -> None:
     manifest = read_manifest(out)
     if manifest is None:
         return
+    if manifest.kind == "optimize_compare":
+        _ladder(out)
+        return
     m, details = manifest.metrics, manifest.details
     kind = details.get("format", "onnx")
     where = details.get("device", "llama.cpp")
@@ -68,11 +71,30 @@ def _summary(out: Path) -> None:
         )
 
 
+def _ladder(out: Path) -> None:
+    """The quality ladder of `--compare`, as compare.md has it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from slmforge.optimize.compare import COLUMNS, read_report, table_row, variants_of
+
+    report = read_report(out)
+    table = Table(title=f"quality ladder: {out} ({report['rows']} rows of {report['eval_data']})")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for variant in variants_of(report):
+        table.add_row(*table_row(variant))
+    console = Console()
+    console.print(table)
+    console.print(f"report: {out / 'compare.md'}")
+
+
 def register(app: typer.Typer) -> None:
     @model_command(app, "optimize", OptimizeConfig, config_file=True)
     def optimize(cfg: OptimizeConfig) -> None:
         """Build an ONNX Runtime GenAI model (fp32/fp16/int8/int4), with switchable LoRA adapters,
-        verified against PyTorch before it is kept."""
+        verified against PyTorch before it is kept; or, with --compare, a quality ladder of
+        variants measured on --eval-data."""
         from slmforge.optimize.run import optimize as run_optimize
 
         _summary(run_optimize(cfg))

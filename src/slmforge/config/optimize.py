@@ -19,6 +19,9 @@ AnyPrecision = Literal[tuple(PRECISIONS) + tuple(GGUF_PRECISIONS)]  # type: igno
 DEFAULT_MIN_AGREEMENT = {name: p.min_agreement for name, p in PRECISIONS.items()}
 DEFAULT_MAX_KL = {name: p.max_kl for name, p in PRECISIONS.items()}
 
+# What a --compare entry may name: an int4 method (QUANT_ALGOS) or a precision.
+COMPARE_PRECISIONS = ("int8", "fp16", "fp32")
+
 
 def adapter_spec(spec: str) -> tuple[str, Path]:
     """`NAME=DIR` or `DIR` -> (name, folder); the name defaults to the folder's name."""
@@ -94,6 +97,25 @@ class OptimizeConfig(StrictModel):
         "(default: fp32 1e-4, fp16 5e-3, int8 0.02, int4 0.15, or twice the KL of PyTorch with "
         "its own weights rounded the same way, when that is larger).",
     )
+    compare: list[str] = Field(
+        default_factory=list,
+        description="Build a quality ladder instead of one model: one variant per entry (an "
+        "int4 method: "
+        + ", ".join(QUANT_ALGOS)
+        + "; or "
+        + ", ".join(COMPARE_PRECISIONS)
+        + "), comma-separated or repeated, each under OUT/NAME, with OUT/compare.json and "
+        "OUT/compare.md. Needs --eval-data.",
+    )
+    eval_data: Path | None = Field(
+        None,
+        description="Held-out text for --compare (any file `slmforge data` reads, rendered with "
+        "the chat template): KL, perplexity and agreement are measured on it.",
+    )
+    eval_rows: int = Field(32, gt=0, description="Rows of --eval-data --compare measures.")
+    eval_seq_len: int = Field(
+        512, gt=0, description="Tokens per --eval-data row --compare scores (longer rows are cut)."
+    )
     force: bool = Field(False, description="Replace OUT if it exists.")
     allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) checkpoints.")
     trust_remote_code: bool = Field(False)
@@ -108,10 +130,33 @@ class OptimizeConfig(StrictModel):
             raise ValueError(f"adapter names must be unique, got {', '.join(names)}")
         return value
 
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _split_compare(cls, value: object) -> object:
+        """`--compare rtn,gptq` and `--compare rtn --compare gptq` mean the same ladder."""
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            return value
+        return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+
+    @field_validator("compare")
+    @classmethod
+    def _check_compare(cls, value: list[str]) -> list[str]:
+        allowed = (*QUANT_ALGOS, *COMPARE_PRECISIONS)
+        for entry in value:
+            if entry not in allowed:
+                raise ValueError(f"unknown entry {entry!r}; choose from {', '.join(allowed)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"entries must be unique, got {', '.join(value)}")
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> OptimizeConfig:
         if self.merge_adapter and len(self.adapter) != 1:
             raise ValueError("--merge-adapter needs exactly one --adapter")
+        if self.compare:
+            self._check_ladder()
         if self.format == "gguf":
             if GGUF_ALIASES.get(self.precision, self.precision) not in GGUF_PRECISIONS:
                 choices = ", ".join(GGUF_PRECISIONS)
@@ -159,6 +204,31 @@ class OptimizeConfig(StrictModel):
                 "--int4-algo awq rescales the inputs LoRA adapters read; use --int4-algo gptq "
                 "with --adapter"
             )
+
+    def _check_ladder(self) -> None:
+        if self.eval_data is None:
+            raise ValueError("--compare needs --eval-data FILE: held-out text to measure on")
+        if self.format != "onnx":
+            raise ValueError("--compare builds ONNX variants; drop --format gguf")
+        if self.adapter:
+            raise ValueError("--compare measures the base model; drop --adapter")
+        calibrated = [e for e in self.compare if e in QUANT_ALGOS and QUANT_ALGOS[e].calibrated]
+        if calibrated and self.calibration_data is None:
+            # Never defaulted to --eval-data: calibrating on the text the ladder is measured on
+            # would flatter the calibrated methods.
+            raise ValueError(
+                f"--compare {','.join(calibrated)} needs --calibration-data FILE, separate from "
+                "--eval-data (calibrating on the measured text would flatter them)"
+            )
+
+    def variant(self, entry: str, out: Path) -> OptimizeConfig:
+        """The one-build config of ladder entry `entry` (an int4 method or a precision)."""
+        values = self.model_dump() | {"compare": [], "eval_data": None, "out": out}
+        if entry in QUANT_ALGOS:
+            values |= {"precision": "int4", "int4_algo": entry}
+        else:
+            values |= {"precision": entry, "int4_algo": "default"}
+        return OptimizeConfig.model_validate(values)
 
     def adapters(self) -> dict[str, Path]:
         return dict(adapter_spec(spec) for spec in self.adapter)

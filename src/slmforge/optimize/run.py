@@ -26,6 +26,10 @@ from slmforge.optimize import calibrated, calibration, memory, onnx_build, verif
 def optimize(cfg: OptimizeConfig) -> Path:
     """Build, verify and write the ONNX model folder (or, with `--format gguf`, the GGUF
     folder: optimize/gguf); returns its path."""
+    if cfg.compare:  # a quality ladder of builds (optimize/compare.py), each made below
+        from slmforge.optimize.compare import compare
+
+        return compare(cfg)
     if cfg.format == "gguf":
         from slmforge.optimize.gguf import export_gguf
 
