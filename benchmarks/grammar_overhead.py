@@ -58,10 +58,10 @@ def per_token_us(tokenizer, constrained: bool, tokens: int, seed: int) -> list[f
     return times
 
 
-def decode_step_us() -> float:
+def decode_step_us(folder: Path) -> float:
     from slmforge.runtime.onnx_engine import OnnxEngine
 
-    engine = OnnxEngine(onnx_model("int4"))
+    engine = OnnxEngine(folder)
     prompt = engine.encode("The file is opened and")
     with engine.session(None, 256) as forward:
         forward(prompt)
@@ -74,15 +74,26 @@ def decode_step_us() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=400)
+    parser.add_argument(
+        "--onnx", type=Path, help="ONNX folder for the decode step (default: small int4)"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        action="append",
+        default=[],
+        help="Tokenizer folder to measure (default: the small model's)",
+    )
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
-    tokenizers = {"small": small_model()}
+    tokenizers = {str(t): t for t in args.tokenizer} or {"small": small_model()}
     qwen = CACHE / "real-size" / "qwen2.5-0.5b"
     if (Path(qwen) / "tokenizer.json").is_file():
         tokenizers["qwen2.5-0.5b shape"] = qwen
-    step = decode_step_us()
-    print(f"int4 decode step of the small model (2 threads): {step:.0f} us")
+    onnx = args.onnx or onnx_model("int4")
+    step = decode_step_us(onnx)
+    print(f"decode step of {onnx.name} (2 threads): {step:.0f} us")
     for name, folder in tokenizers.items():
         tokenizer = AutoTokenizer.from_pretrained(folder)
         plain = per_token_us(tokenizer, False, args.tokens, 1)
