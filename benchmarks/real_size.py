@@ -8,8 +8,11 @@ official `openai` client, `eval` on 10 rows of the int4 model with the adapter, 
 (64 greedy tokens of the int4 model in one stream, against the memory roofline measured in the
 same process with ONNX Runtime's thread count). Each stage gets its wall time and peak RSS (see
 `real_size_probe.py` for how the process tree is measured), the issue's bound where it sets one,
-and `slmforge doctor --model --json`'s fit estimate where it gives one. A stage whose tree passes
-`--guard-gib` is killed and reported. Results: a table on stdout and `--json-out`.
+and the memory estimate that speaks for it: finetune's own check on its real rows (recorded in
+the adapter's slmforge.json, `details.memory_estimate`), and `slmforge doctor --model --json`'s
+`fit.merge`, `fit.optimize` and `fit.inference` (for chat, serve and eval, with a context of the
+longest prompt they send plus the reply tokens). A stage whose tree passes `--guard-gib` is killed
+and reported. Results: a table on stdout and `--json-out`.
 
     .venv/bin/python benchmarks/real_size.py --shapes qwen2.5-0.5b
 """
@@ -31,15 +34,16 @@ from real_size_probe import GIB, StageRun, run_stage
 
 SHAPES = ("qwen2.5-0.5b", "phi-3-mini-4k")
 FINETUNE = ["--max-steps", "3", "--batch-size", "2", "--max-seq-len", "256", "--samples", "0"]
-FIT_OPTIONS = ["--batch-size", "2", "--max-seq-len", "256"]
+FIT_OPTIONS = ["--batch-size", "2"]
+EVAL_ROWS = 10
 ADAPTER = "travel"
 PROMPT = "What should I pack for a weekend in Lisbon?"
 MAX_TOKENS = "32"
 DECODE_TOKENS = 64
-# Stage -> the fit report's section that estimates it (doctor may add more sections later:
-# any of these names that the report has is used).
+# Stage -> the fit report's section that estimates it (finetune's comes from its own check,
+# which knows the rows it trained on: see finetune_estimate).
 FIT_SECTIONS = {
-    "finetune": "finetune",
+    "finetune": "finetune_run",
     "merge": "merge",
     "optimize": "optimize",
     "chat": "inference",
@@ -68,8 +72,8 @@ def stage_commands(
                   "--max-tokens", MAX_TOKENS], {"timeout_s": 900, "stdin": PROMPT + "\n"}),
         ("serve", [cli, "serve", str(int4), "--port", "{port}"], {"timeout_s": 900}),
         ("eval", [cli, "eval", "--data", str(data), "--target", f"int4={int4}+{ADAPTER}",
-                  "--limit", "10", "--max-tokens", MAX_TOKENS, "--out", str(folder / "eval"),
-                  "--force"], {"timeout_s": 1800}),
+                  "--limit", str(EVAL_ROWS), "--max-tokens", MAX_TOKENS,
+                  "--out", str(folder / "eval"), "--force"], {"timeout_s": 1800}),
         ("decode", [sys.executable, str(Path(__file__).resolve()), "--decode-child",
                     str(int4)], {"timeout_s": 900}),
     ]  # fmt: skip
@@ -113,9 +117,36 @@ def serve_request(port: int, ready_timeout_s: float = 600) -> dict:
     }
 
 
-def fit_report(model: Path) -> dict:
+def inference_context(model: Path, data: Path) -> int:
+    """Tokens of the longest prompt chat, serve and eval send (chat-templated), plus the reply:
+    the context the inference estimate is asked about."""
+    from slmforge.evaluate.dataset import read_rows
+    from slmforge.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    prompts = [[{"role": "user", "content": PROMPT}]]
+    prompts += [row.prompt for row in read_rows(data, limit=EVAL_ROWS)]
+    texts = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+    return longest + int(MAX_TOKENS)
+
+
+def finetune_estimate(adapter: Path) -> dict:
+    """The estimate `slmforge finetune`'s own memory check made for the rows it trained on."""
+    try:
+        manifest = json.loads((adapter / "slmforge.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return manifest.get("details", {}).get("memory_estimate") or {}
+
+
+def fit_report(model: Path, context: int) -> dict:
+    options = [*FIT_OPTIONS, "--max-seq-len", str(context)]
     proc = subprocess.run(
-        [slmforge_command(), "doctor", "--model", str(model), "--json", *FIT_OPTIONS],
+        [slmforge_command(), "doctor", "--model", str(model), "--json", *options],
         capture_output=True,
         text=True,
         check=False,
@@ -137,8 +168,8 @@ def bound_bytes(stage: str, checkpoint: int, fit: dict) -> int | None:
     if stage == "merge":
         return int(1.2 * checkpoint) + GIB
     if stage == "finetune":
-        parts = fit.get("finetune", {}).get("components_bytes", {})
-        # activations as the fit check counts them: the layers' and the logits'
+        parts = fit.get("finetune_run", {}).get("components_bytes", {})
+        # activations as finetune's fit check counts them: the layers' and the logits'
         activations = parts.get("activations", 0) + parts.get("logits", 0)
         return int(1.3 * checkpoint) + activations + GIB
     return None
@@ -161,6 +192,8 @@ def record(stage: str, run: StageRun, checkpoint: int, fit: dict) -> dict:
         estimate = section["total_bytes"]
         row |= {
             "fit_estimate_bytes": estimate,
+            "fit_estimate_from": FIT_SECTIONS[stage],
+            "fit_vs_measured": round(estimate / run.peak_rss_bytes - 1, 3),
             "fit_within_25pct": abs(estimate - run.peak_rss_bytes) <= 0.25 * run.peak_rss_bytes,
         }
     if run.returncode != 0 and run.killed is None:
@@ -203,6 +236,8 @@ def run_shape(shape: str, work: Path, data: Path, guard: int, optimize_args: lis
                 log=log,
             )
             stage_extra(stage, run)
+            if stage == "finetune":
+                fit["finetune_run"] = finetune_estimate(folder / "adapter")
             row = record(stage, run, checkpoint, fit)
             result["stages"].append(row)
             log(f"{shape}: {stage}: {row['seconds']} s, {run.peak_rss_bytes / GIB:.2f} GiB")
@@ -213,8 +248,9 @@ def run_shape(shape: str, work: Path, data: Path, guard: int, optimize_args: lis
                 result["stopped_at"] = stage
                 break
         if stage == "init":
-            checkpoint, fit = checkpoint_bytes(model), fit_report(model)
-            result |= {"checkpoint_bytes": checkpoint, "fit": fit}
+            context = inference_context(model, data)
+            checkpoint, fit = checkpoint_bytes(model), fit_report(model, context)
+            result |= {"checkpoint_bytes": checkpoint, "inference_context": context, "fit": fit}
     result["llama_cpp_q4_0"] = llama_cpp_status(shape)
     return result
 
@@ -234,28 +270,34 @@ def gib(value: int | None) -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| shape | stage | s | peak RSS GiB | bound GiB | holds | fit est. GiB | within 25% |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | stage | s | peak RSS GiB | bound GiB | holds | fit est. GiB | est. vs measured "
+        "| within 25% |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         for row in result["stages"]:
             if row.get("reused"):
-                lines.append(f"| {result['shape']} | init | reused | | | | | |")
+                lines.append(f"| {result['shape']} | init | reused | | | | | | |")
                 continue
             holds = {True: "yes", False: "**no**"}.get(row.get("bound_holds"), "")
-            within = {True: "yes", False: "no"}.get(row.get("fit_within_25pct"), "")
+            within = {True: "yes", False: "**no**"}.get(row.get("fit_within_25pct"), "")
+            versus = row.get("fit_vs_measured")
+            versus = "" if versus is None else f"{versus:+.0%}"
             status = f" ({row['killed']})" if row["killed"] else ""
             status += " (failed)" if row["returncode"] not in (0, None) and not status else ""
             lines.append(
                 f"| {result['shape']} | {row['stage']}{status} | {row['seconds']} "
                 f"| {gib(row['peak_rss_bytes'])} | {gib(row.get('bound_bytes'))} | {holds} "
-                f"| {gib(row.get('fit_estimate_bytes'))} | {within} |"
+                f"| {gib(row.get('fit_estimate_bytes'))} | {versus} | {within} |"
             )
     return "\n".join(lines)
 
 
 def summary(result: dict) -> list[str]:
-    lines = [f"{result['shape']}: bf16 checkpoint {gib(result.get('checkpoint_bytes'))} GiB"]
+    lines = [
+        f"{result['shape']}: bf16 checkpoint {gib(result.get('checkpoint_bytes'))} GiB; "
+        f"inference estimated for a {result.get('inference_context')}-token context"
+    ]
     for row in result["stages"]:
         if row.get("stage") == "chat":
             lines.append(f"  chat --timings: {row.get('timings')}")

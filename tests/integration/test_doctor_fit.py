@@ -1,5 +1,6 @@
-"""The fit check against reality: parameter and trainable counts of real models, and the memory
-estimate against the peak memory of a real fine-tuning run of the ~95M-parameter `small` model."""
+"""The fit check against reality: parameter and trainable counts of real models, the memory
+estimate against the peak memory of a real fine-tuning run of the ~95M-parameter `small` model,
+and `slmforge doctor --json`'s estimate of every stage."""
 
 from __future__ import annotations
 
@@ -92,3 +93,31 @@ def test_finetune_estimate_is_within_1_5x_of_the_measured_peak(tmp_path: Path) -
     ratio = estimate / peak
     message = f"estimate {estimate / MIB:.0f} MiB vs measured peak {peak / MIB:.0f} MiB"
     assert 1 / 1.5 <= ratio <= 1.5, message
+    # finetune's own check, on the rows it trained on, is recorded for benchmarks to compare
+    recorded = read_manifest(tmp_path / "adapter").details["memory_estimate"]
+    assert recorded["longest_row_tokens"] == 256 and recorded["batch_size"] == 2
+    assert sum(recorded["components_bytes"].values()) == recorded["total_bytes"]
+    own = recorded["total_bytes"] / peak
+    assert 1 / 1.25 <= own <= 1.25, f"{recorded['total_bytes'] / MIB:.0f} MiB vs {peak / MIB:.0f}"
+
+
+def test_doctor_json_estimates_every_stage(tiny_models) -> None:
+    """`slmforge doctor --model DIR --json`, as a user runs it: merge, optimize and inference
+    (chat/serve/eval) beside fine-tuning, each with its total, components and whether it fits."""
+    folder = tiny_models["qwen2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "slmforge.cli.main", "doctor", "--model", str(folder), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    fit = json.loads(result.stdout)["fit"]
+    for stage in ("finetune", "merge", "optimize", "inference"):
+        assert fit[stage]["total_bytes"] > 0, stage
+        assert isinstance(fit[stage]["fits"], bool), stage
+    assert fit["inference"]["stages"] == ["chat", "serve", "eval"]
+    checkpoint = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    assert fit["optimize"]["checkpoint_bytes"] == checkpoint
+    assert fit["optimize"]["build"]["components_bytes"]["checkpoint (mapped)"] == checkpoint
+    ids = [check["id"] for check in json.loads(result.stdout)["checks"]]
+    assert ids[-4:] == ["fit.finetune", "fit.merge", "fit.optimize", "fit.inference"]

@@ -8,7 +8,15 @@ import pytest
 
 from slmforge import progress
 from slmforge.errors import InputError
-from slmforge.train.memory import GIB, RunShape, check_run, train_dtype
+from slmforge.train.memory import (
+    GIB,
+    MIB,
+    RunShape,
+    check_run,
+    merge_estimate,
+    train_dtype,
+    trainable_params,
+)
 from slmforge.train.shape import shape_from_config
 
 # Qwen2.5-0.5B's published config (494M parameters, tied embeddings, bf16 weights).
@@ -112,3 +120,41 @@ def test_nothing_fits_says_so() -> None:
 def test_unknown_availability_is_not_a_refusal(said) -> None:
     assert check_run(SHAPE, RUN, None, strict=True) is False
     assert said[0].endswith("available on cpu: unknown")
+
+
+# -- merge -----------------------------------------------------------------------------------------
+PHI3_MINI = {
+    "model_type": "phi3",
+    "vocab_size": 32064,
+    "hidden_size": 3072,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "intermediate_size": 8192,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 4096,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_merge_holds_the_largest_tensor_not_the_model() -> None:
+    # Qwen2.5-0.5B: the 151,936 x 896 embedding, copied as stored (bf16), outweighs the adapted
+    # q/k/v/o projections; measured 545 MiB (docs/benchmarks.md)
+    qwen = merge_estimate(SHAPE, "bf16")
+    assert qwen.components["largest tensor"] == SHAPE.embedding_params * 2
+    assert qwen.components["adapter"] == trainable_params(SHAPE, "lora", 16) * 4
+    assert abs(qwen.total - 545 * MIB) < 0.1 * 545 * MIB
+
+
+def test_an_adapted_weight_holds_its_fp32_copy_and_two_temporaries() -> None:
+    # Phi-3-mini: the fused qkv_proj (3072 x 9216) with LoRA: bf16 stored + fp32 copy + two
+    # fp32 temporaries = 14 bytes per weight; measured 712 MiB (docs/benchmarks.md)
+    phi3 = shape_from_config(PHI3_MINI, None)
+    qkv = 3072 * 9216
+    assert merge_estimate(phi3, "bf16").components["largest tensor"] == qkv * 14
+    # stored in fp32 there is no copy (12 bytes per weight), and the fp32 embedding is larger
+    assert merge_estimate(phi3, "fp32").components["largest tensor"] == max(
+        qkv * 12, phi3.embedding_params * 4
+    )
+    assert merge_estimate(phi3, "bf16", "dora").components["largest tensor"] == qkv * 18
+    assert abs(merge_estimate(phi3, "bf16").total - 712 * MIB) < 0.1 * 712 * MIB

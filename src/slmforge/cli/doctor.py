@@ -89,7 +89,8 @@ def doctor(
 ) -> None:
     """Check this machine: Python, OS, CPU, memory, GPUs, torch and ONNX Runtime builds,
     missing extras (with the install command), disk, model cache, chromium, cloud profiles;
-    with --model, whether fine-tuning and inference of that model fit."""
+    with --model, whether fine-tuning, merge, optimize and inference (chat, serve, eval) of
+    that model fit in memory."""
     from slmforge.doctor import diagnose
 
     fit = _fit_config(

@@ -12,10 +12,15 @@ from slmforge.config.precisions import OnnxPrecision
 
 
 class FitConfig(StrictModel):
-    model: str = Field(description="Model folder or hub id to check (reads config.json only).")
+    model: str = Field(
+        description="Model folder or hub id to check (reads config.json, and the sizes of a "
+        "folder's safetensors files; loads no weights)."
+    )
     method: MethodName = Field("lora", description=f"Fine-tuning method: {methods_help()}.")
     precision: OnnxPrecision = Field(
-        "int4", description="Inference weight precision (as slmforge optimize builds it)."
+        "int4",
+        description="Weight precision of the ONNX model slmforge optimize builds: the optimize "
+        "and inference estimates.",
     )
     train_precision: TrainPrecision = Field(
         "auto",
@@ -24,9 +29,22 @@ class FitConfig(StrictModel):
     )
     batch_size: int = Field(4, gt=0, description="Rows per micro-batch while fine-tuning.")
     max_seq_len: int = Field(
-        1024, gt=8, description="Tokens per row while fine-tuning; the inference context."
+        1024,
+        gt=8,
+        description="Tokens per row while fine-tuning (each one trained: an upper bound), and "
+        "the inference context (prompt + reply).",
     )
-    lora_r: int = Field(16, gt=0, description="LoRA rank.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
-    device: Device = Field("auto", description="Device to check against (auto: the best here).")
+    lora_r: int = Field(
+        16, gt=0, description="LoRA rank of the adapter trained, merged and served."
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Estimate fine-tuning with activations recomputed in backward (finetune "
+        "switches it on by itself when only that fits).",
+    )
+    device: Device = Field(
+        "auto",
+        description="Device to check fine-tuning and inference against (auto: the best here); "
+        "merge and optimize are checked against this machine's memory.",
+    )
     trust_remote_code: bool = Field(False, description="Allow a hub model's own config code.")

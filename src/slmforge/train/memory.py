@@ -200,6 +200,47 @@ def finetune_estimate(
     )
 
 
+# -- merge ---------------------------------------------------------------------------------------
+MERGE_RUNTIME = 280 * MIB  # python + torch + transformers' tokenizer + safetensors (270 measured)
+
+
+def _checkpoint_linears(shape: ModelShape) -> list[int]:
+    """Parameters of each linear weight one decoder layer stores (Phi-3 stores qkv and gate/up
+    fused, the other families one tensor per projection)."""
+    h, i = shape.hidden, shape.intermediate
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    if shape.model_type == "phi3":
+        return [h * (q + 2 * kv), q * h, h * 2 * i, i * h]
+    return [h * q, h * kv, h * kv, q * h, h * i, h * i, i * h]
+
+
+def merge_estimate(
+    shape: ModelShape, stored: str, method: str = "lora", rank: int = 16
+) -> Estimate:
+    """Peak bytes of `slmforge merge` (train/merge.py), which streams the base one tensor at a
+    time: its runtime, the adapter's fp32 tensors (read whole), and the largest working set of
+    one tensor. An adapted weight holds the stored tensor and its fp32 copy (the same tensor
+    when stored in fp32) plus two fp32 temporaries at once: B @ A and the scaled delta, then the
+    delta and the merged sum (DoRA adds the rows rescaled to their magnitudes); the cast back
+    comes after the copies are freed. Any other tensor is copied as stored. Measured here
+    (docs/benchmarks.md): 545 MiB for the Qwen2.5-0.5B shape, 712 MiB for Phi-3-mini."""
+    size = DTYPE_BYTES[stored]
+    fp32_copy = 0 if size == 4 else 4
+    per_weight = size + fp32_copy + 8  # stored, fp32 copy, then B @ A and the delta or the sum
+    if get_finetune_method(method).weight_decomposed:
+        per_weight += 4  # the rows rescaled to their magnitudes
+    adapted = max((n_in * n_out for n_in, n_out in lora_modules(shape)), default=0)
+    copied = max([shape.embedding_params, *_checkpoint_linears(shape)]) * size
+    adapter = trainable_params(shape, method, rank) if get_finetune_method(method).adapter else 0
+    return Estimate(
+        {
+            "runtime": MERGE_RUNTIME,
+            "adapter": adapter * 4,
+            "largest tensor": max(adapted * per_weight, copied),
+        }
+    )
+
+
 def largest(fits: Callable[[int], bool], low: int, high: int) -> int:
     """The largest n in [low, high] with fits(n), assuming fits is monotone; low-1 if none."""
     if not fits(low):

@@ -163,6 +163,52 @@ def _model_shape(cfg: FinetuneConfig) -> ModelShape | None:
         return None
 
 
+def run_shape(
+    cfg: FinetuneConfig,
+    ctx: DistContext,
+    precision: str,
+    device: str,
+    rows: list[list[Encoded]],
+    gradient_checkpointing: bool,
+) -> RunShape:
+    """What the memory estimate needs to know of this run: its real rows, not --max-seq-len."""
+    return RunShape(
+        method=cfg.method,
+        dtype=precision,
+        device=device,
+        batch=cfg.batch_size // ctx.world,
+        seq=max(sum(len(e.input_ids) for e in row) for row in rows),
+        rank=cfg.lora_r,
+        gradient_checkpointing=gradient_checkpointing,
+        processes=ctx.world,
+        # transformers' own models compute logits only where a label is predicted
+        trained=None
+        if cfg.trust_remote_code
+        else max(sum(e.trained_tokens for e in row) for row in rows),
+    )
+
+
+def memory_estimate(plan: Plan) -> dict[str, Any] | None:
+    """The memory check's estimate for the run as it ran (gradient checkpointing as decided),
+    for the manifest: benchmarks compare it with the measured peak."""
+    cfg = plan.cfg
+    try:
+        shape = read_shape(cfg.model, cfg.trust_remote_code)
+    except ModelError:  # the check said so before training
+        return None
+    run = run_shape(
+        cfg, plan.ctx, plan.precision, plan.device, plan.train_rows, plan.gradient_checkpointing
+    )
+    estimate = run.estimate(shape)
+    return {
+        "total_bytes": estimate.total,
+        "components_bytes": estimate.components,
+        "batch_size": run.batch,
+        "longest_row_tokens": run.seq,
+        "most_trained_tokens": run.trained,
+    }
+
+
 def memory_check(
     cfg: FinetuneConfig,
     ctx: DistContext,
@@ -175,20 +221,7 @@ def memory_check(
     gradient checkpointing (switched on when only that makes the run fit)."""
     if shape is None:
         return cfg.gradient_checkpointing
-    run = RunShape(
-        method=cfg.method,
-        dtype=precision,
-        device=device,
-        batch=cfg.batch_size // ctx.world,
-        seq=max(sum(len(e.input_ids) for e in row) for row in rows),
-        rank=cfg.lora_r,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        processes=ctx.world,
-        # transformers' own models compute logits only where a label is predicted
-        trained=None
-        if cfg.trust_remote_code
-        else max(sum(e.trained_tokens for e in row) for row in rows),
-    )
+    run = run_shape(cfg, ctx, precision, device, rows, cfg.gradient_checkpointing)
     available = available_bytes(device)
     if available is not None and device == "cpu":
         available //= local_processes(ctx.world)  # processes on one machine share its memory
@@ -312,6 +345,7 @@ def save(plan: Plan, log: MetricsLog) -> Path:
             "text_template": cfg.text_template,
             "precision": plan.precision,
             "gradient_checkpointing": plan.gradient_checkpointing,
+            "memory_estimate": memory_estimate(plan),
             "samples": samples,
         }
         if plan.stopped is not None:
