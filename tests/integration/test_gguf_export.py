@@ -45,11 +45,11 @@ def _parity(folder: Path) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("arch", ARCHES)
 def test_f16_matches_pytorch_logits(tiny_model, tmp_path, arch):
     out = _export(tiny_model(arch), tmp_path / "gguf", precision="f16")
-    assert sorted(p.name for p in out.iterdir()) == [
-        "Modelfile",
-        "model-f16.gguf",
-        "slmforge.json",
-    ]
+    names = sorted(p.name for p in out.iterdir())
+    # the weights, Ollama's Modelfile, the manifest, and the Hugging Face tokenizer (the chat
+    # template with it) that slmforge's own llama.cpp engine renders chats with
+    assert {"Modelfile", "model-f16.gguf", "slmforge.json", "tokenizer_config.json"} <= set(names)
+    assert not [n for n in names if n.endswith((".safetensors", ".onnx", ".tmp"))]
     assert _parity(out)["base"]["max_logit_diff"] < 1e-2
     gguf = GgufTensors(out / "model-f16.gguf")
     assert gguf.field("general.architecture") == FAMILIES[arch].arch
