@@ -173,3 +173,41 @@ def test_app_errors_are_one_line_and_exit_2(argv, message, capsys) -> None:
         main(["app", *argv])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.strip().splitlines() == [message], err
+
+
+class _Calling(Scripted):
+    """Answers with one tool call (as a local engine's parser or a cloud endpoint gives it)."""
+
+    def generate(self, messages, params, adapter=None):
+        from slmforge.runtime.engine import ToolCall, Usage
+
+        self.calls.append((messages, params, adapter))
+        yield Delta(tool_calls=[ToolCall("call_1", "get_weather", '{"city": "Oslo"}')])
+        yield Delta(finish_reason="tool_calls", usage=Usage(3, 9))
+
+
+def test_tools_and_response_formats_reach_both_sides_and_calls_come_back() -> None:
+    local, cloud = _Calling("local"), _Calling("cloud")
+    state = AppState(Router(local, cloud), "tiny", "openai:gpt@https://x/v1", None, "compare")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "call_0", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "3C"},
+        {"role": "user", "content": "And in Oslo?"},
+    ]  # fmt: skip
+    body = {"messages": history, "tools": tools, "tool_choice": "required", "response_format": fmt}
+    got = events(TestClient(create_app(state)).post("/api/chat", json=body))
+    for side, engine in (("local", local), ("cloud", cloud)):
+        (event,) = [e for e in got if e["type"] == "tool_calls" and e["side"] == side]
+        assert event["calls"] == [{"id": "call_1", "name": "get_weather",
+                                   "arguments": '{"city": "Oslo"}'}]  # fmt: skip
+        messages, params, _ = engine.calls[0]
+        assert params.tools == tools and params.tool_choice == "required"
+        assert params.json_schema == fmt["json_schema"]
+        assert messages[1]["tool_calls"][0]["id"] == "call_0" and "tool_call_id" not in messages[1]
+        assert messages[2] == {"role": "tool", "content": "3C", "tool_call_id": "call_0"}
+    finishes = {e["side"]: e["finish_reason"] for e in got if e["type"] == "done"}
+    assert finishes == {"local": "tool_calls", "cloud": "tool_calls"}

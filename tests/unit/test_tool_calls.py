@@ -37,6 +37,8 @@ def run(pieces: list[str], parser: str, finish: str = "stop") -> tuple[str, list
                     '"arguments": {"city": "Oslo"}}\n</tool_call>']),
         ("llama3_json", ['{"name": "get_weather", "parameters": ', '{"city": "Oslo"}}']),
         ("mistral", ["[TOOL_CALLS] ", '[{"name": "get_weather", "arguments": {"city": "Oslo"}}]']),
+        ("phi4", ["<|tool_call|>", '[{"name": "get_weather", "arguments": {"city": "Oslo"}}]',
+                  "<|/tool_call|>"]),
     ],
 )  # fmt: skip
 def test_each_syntax_becomes_tool_calls(parser, pieces) -> None:

@@ -53,8 +53,10 @@ class AppState:
 
 
 class ChatMessage(StrictModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn's calls (OpenAI's shape)
+    tool_call_id: str | None = None  # the call a tool message answers
 
 
 class ChatRequest(StrictModel):
@@ -67,6 +69,22 @@ class ChatRequest(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1)
     ttft_timeout_ms: float | None = Field(None, gt=0)
     timeout_s: float | None = Field(None, gt=0)
+    # passed through to both sides, as the OpenAI API takes them
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] = "auto"
+    response_format: dict[str, Any] | None = None
+
+    def params(self) -> GenParams:
+        fmt = self.response_format or {}
+        return GenParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            json_mode=fmt.get("type") == "json_object",
+            json_schema=fmt.get("json_schema") if fmt.get("type") == "json_schema" else None,
+        )
 
 
 class CompareRequest(StrictModel):
@@ -113,6 +131,9 @@ class _Stream:
                 "usage": asdict(delta.usage) if delta.usage else None,
                 "timings": asdict(delta.timings) if delta.timings else None,
             }
+        if delta.tool_calls:
+            calls = [asdict(call) for call in delta.tool_calls]
+            return {"type": "tool_calls", "side": part.side, "calls": calls, "t": t}
         if not delta.text:
             return None
         self.pieces[part.side] = self.pieces.get(part.side, 0) + 1
@@ -184,18 +205,16 @@ def create_app(state: AppState) -> FastAPI:
 
     @app.post("/api/chat")
     async def chat(body: ChatRequest) -> Response:
-        params = GenParams(
-            max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p
-        )
         cloud = body.cloud_messages
         try:
+            params = body.params()
             events = state.router.chat(
-                [m.model_dump() for m in body.messages],
+                [m.model_dump(exclude_none=True) for m in body.messages],
                 params,
                 policy=body.policy,
                 adapter=body.adapter or None,
                 settings=_settings(state.router.settings, body),
-                cloud_messages=[m.model_dump() for m in cloud] if cloud else None,
+                cloud_messages=[m.model_dump(exclude_none=True) for m in cloud] if cloud else None,
             )
         except InputError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)

@@ -25,6 +25,7 @@ blocks; an abandoned stream is closed at its next delta.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -397,7 +398,7 @@ def _confidence(deltas: Iterator[Delta], held: list[Delta], tokens: int) -> floa
 def _without_logprobs(delta: Delta) -> Delta:
     if delta.logprobs is None:
         return delta
-    return Delta(delta.text, delta.finish_reason, delta.usage, delta.timings, None)
+    return dataclasses.replace(delta, logprobs=None)
 
 
 def settled(events: Iterator[Event]) -> Iterator[Event]:

@@ -98,6 +98,23 @@ def _mistral_grammar(schemas: list[str], parallel: bool) -> str:
     return f'start: "[TOOL_CALLS] [" body{more} "]"\n' + _body(schemas)
 
 
+# -- Phi-4-mini: <|tool_call|>[{"name": ..., "arguments": {...}}]<|/tool_call|> ------------------
+_PHI4 = re.compile(r"<\|tool_call\|>\s*(.*?)\s*<\|/tool_call\|>", re.DOTALL)
+
+
+def _phi4_parse(text: str) -> list[tuple[str, Any]] | None:
+    blocks = _PHI4.findall(text)
+    if not blocks or _PHI4.sub("", text).strip():
+        return None
+    calls = [_named(_loads(block), "arguments") for block in blocks]
+    return None if any(c is None for c in calls) else [c for group in calls for c in group or []]
+
+
+def _phi4_grammar(schemas: list[str], parallel: bool) -> str:
+    more = ' (", " body)*' if parallel else ""
+    return f'start: "<|tool_call|>[" body{more} "]<|/tool_call|>"\n' + _body(schemas)
+
+
 def _body(schemas: list[str], arguments_key: str = "arguments") -> str:
     """One JSON object naming one of the functions with arguments matching its schema."""
     options = [
@@ -120,6 +137,7 @@ PARSERS: dict[str, ToolParser] = {
         ToolParser("hermes", "<tool_call>", _hermes_parse, _hermes_grammar),
         ToolParser("llama3_json", "{", _llama_parse, _llama_grammar),
         ToolParser("mistral", "[TOOL_CALLS]", _mistral_parse, _mistral_grammar),
+        ToolParser("phi4", "<|tool_call|>", _phi4_parse, _phi4_grammar),
     )
 }
 # The chat formats whose own templates write calls in a syntax other than Hermes.
@@ -131,6 +149,9 @@ def parser_for(tokenizer: Any) -> ToolParser:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()), None)
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if "<|tool_call|>" in vocab and "<|/tool_call|>" in vocab:
+        return PARSERS["phi4"]  # Phi-4-mini answers in its own tokens whatever the prompt
     if not template_knows_tools(template):
         return PARSERS["hermes"]  # slmforge's fallback rendering asked for Hermes syntax
     fmt = detect_format(template)
