@@ -55,7 +55,7 @@ def main() -> None:
     trained = time.perf_counter() - started
     summary = run_eval(EvalConfig(
         data=root / "test.jsonl", target=[f"base={base}", f"tuned={base}+{adapter}"],
-        metrics=["tool_call_accuracy", "tool_name_accuracy"], out=root / "eval", max_tokens=60,
+        metrics=["tool_call_accuracy", "tool_name_accuracy"], out=root / "eval", max_tokens=120,
         force=True,
     )).summary  # fmt: skip
     print(f"{args.arch} tiny, LoRA {args.steps} steps ({trained:.0f} s), 40 held-out questions")
