@@ -1,8 +1,8 @@
 """Options of the GGUF export (Hugging Face model -> llama.cpp / Ollama folder).
 
 The precisions and their verification bars live here, one entry each, so CLI choices, the
-writer's tensor types and the bars all read the same table. `config/optimize.py` may import
-this module (for `--format gguf`); the import back is deferred to avoid a cycle.
+writer's tensor types and the bars all read the same table. `config/optimize.py` imports this
+module (for `--format gguf`); both parse `--adapter` with `config/adapters.py`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from slmforge.config import StrictModel
+from slmforge.config.adapters import adapter_spec, checked_adapter_names
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,7 @@ class GgufConfig(StrictModel):
     @field_validator("adapter")
     @classmethod
     def _check_adapters(cls, value: list[str]) -> list[str]:
-        from slmforge.config.optimize import adapter_spec
-
-        names = [adapter_spec(spec)[0] for spec in value]
-        if any(not name for name in names):
-            raise ValueError("each adapter is NAME=DIR or DIR; the name must not be empty")
-        if len(set(names)) != len(names):
-            raise ValueError(f"adapter names must be unique, got {', '.join(names)}")
+        names = checked_adapter_names(value)
         bad = [name for name in names if not name.replace("-", "").replace("_", "").isalnum()]
         if bad:  # the name becomes a file name and an Ollama model suffix
             raise ValueError(f"adapter names may use letters, digits, - and _ only: {bad[0]!r}")
@@ -97,8 +92,6 @@ class GgufConfig(StrictModel):
         return self
 
     def adapters(self) -> dict[str, Path]:
-        from slmforge.config.optimize import adapter_spec
-
         return dict(adapter_spec(spec) for spec in self.adapter)
 
     def kl_threshold(self) -> float:

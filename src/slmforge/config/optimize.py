@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from slmforge.config import StrictModel
+from slmforge.config.adapters import adapter_spec, checked_adapter_names
 from slmforge.config.gguf import GGUF_ALIASES, GGUF_PRECISIONS, GgufConfig
 from slmforge.config.precisions import PRECISIONS, QUANT_ALGOS, QuantAlgo
 
@@ -21,15 +22,6 @@ DEFAULT_MAX_KL = {name: p.max_kl for name, p in PRECISIONS.items()}
 
 # What a --compare entry may name: an int4 method (QUANT_ALGOS) or a precision.
 COMPARE_PRECISIONS = ("int8", "fp16", "fp32")
-
-
-def adapter_spec(spec: str) -> tuple[str, Path]:
-    """`NAME=DIR` or `DIR` -> (name, folder); the name defaults to the folder's name."""
-    name, sep, path = spec.partition("=")
-    if not sep:
-        folder = Path(spec)
-        return folder.resolve().name, folder
-    return name.strip(), Path(path)
 
 
 class OptimizeConfig(StrictModel):
@@ -123,11 +115,7 @@ class OptimizeConfig(StrictModel):
     @field_validator("adapter")
     @classmethod
     def _check_adapters(cls, value: list[str]) -> list[str]:
-        names = [adapter_spec(spec)[0] for spec in value]
-        if any(not name for name in names):
-            raise ValueError("each adapter is NAME=DIR or DIR; the name must not be empty")
-        if len(set(names)) != len(names):
-            raise ValueError(f"adapter names must be unique, got {', '.join(names)}")
+        checked_adapter_names(value)
         return value
 
     @field_validator("compare", mode="before")
