@@ -36,7 +36,10 @@ def base_model(arch: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="qwen2")
+    parser.add_argument("--base", type=Path, help="Base model folder (default: a tiny --arch)")
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precision", default="auto", help="finetune --precision")
     parser.add_argument("--out", type=Path, default=CACHE / "tool-calling")
     args = parser.parse_args()
     root = args.out
@@ -45,12 +48,12 @@ def main() -> None:
     rows = lines.read_text().splitlines(keepends=True)
     (root / "train.jsonl").write_text("".join(rows[:360]))
     (root / "test.jsonl").write_text("".join(rows[360:]))
-    base = base_model(args.arch)
+    base = args.base or base_model(args.arch)
     started = time.perf_counter()
     adapter = finetune(FinetuneConfig(
         model=str(base), data=root / "train.jsonl", out=root / "adapter", max_steps=args.steps,
-        lr=5e-3, batch_size=8, target_modules=["all-linear"], samples=0, seed=3, force=True,
-        log_every=50,
+        lr=5e-3, batch_size=args.batch_size, target_modules=["all-linear"], samples=0, seed=3,
+        force=True, log_every=50, precision=args.precision,
     ))  # fmt: skip
     trained = time.perf_counter() - started
     summary = run_eval(EvalConfig(
@@ -58,7 +61,7 @@ def main() -> None:
         metrics=["tool_call_accuracy", "tool_name_accuracy"], out=root / "eval", max_tokens=120,
         force=True,
     )).summary  # fmt: skip
-    print(f"{args.arch} tiny, LoRA {args.steps} steps ({trained:.0f} s), 40 held-out questions")
+    print(f"{base.name}, LoRA {args.steps} steps ({trained:.0f} s), 40 held-out questions")
     for target in ("base", "tuned"):
         metrics = summary["results"][target]["metrics"]
         shown = ", ".join(
