@@ -14,7 +14,9 @@ from slmforge.config.methods import (
     MethodName,
     ObjectiveName,
     get_finetune_method,
+    get_objective,
     methods_help,
+    objectives_help,
 )
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -28,7 +30,21 @@ class FinetuneConfig(ReadOptions):
     out: Path = Field(description="Output folder (adapter, or full model for --method full).")
     method: MethodName = Field("lora", description=f"{methods_help()}.")
     objective: ObjectiveName = Field(
-        "sft", description="Training objective: sft (loss on the assistant's answer tokens)."
+        "sft",
+        description=f"Training objective: {objectives_help()}. sft trains on examples; the "
+        "others on preference pairs (prompt, chosen, rejected).",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="Preference strength: DPO's beta (default 0.1), SimPO's reward scale "
+        "(default 2.0). Not for sft or orpo.",
+    )
+    orpo_lambda: float = Field(
+        0.1, gt=0, description="ORPO: weight of the odds-ratio loss beside the SFT loss."
+    )
+    simpo_gamma: float = Field(
+        0.5, ge=0, description="SimPO: target reward margin between chosen and rejected."
     )
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps (overrides epochs).")
     epochs: float = Field(1.0, gt=0, description="Passes over the data when --max-steps is unset.")
@@ -94,9 +110,20 @@ class FinetuneConfig(ReadOptions):
         if self.merge and not get_finetune_method(self.method).adapter:
             adapters = ", ".join(m.name for m in FINETUNE_METHODS.values() if m.adapter)
             raise ValueError(f"--merge only applies to adapter methods ({adapters})")
+        objective = get_objective(self.objective)
+        if self.beta is not None and objective.default_beta is None:
+            raise ValueError(f"--beta does not apply to --objective {self.objective}")
+        if objective.pairs and self.packing:
+            raise ValueError(f"--packing does not apply to --objective {self.objective}")
         if self.resume and self.force:
             raise ValueError("--resume and --force contradict each other; pick one")
         return self
+
+
+    @property
+    def effective_beta(self) -> float | None:
+        """--beta, or the objective's default (None for objectives without one)."""
+        return self.beta if self.beta is not None else get_objective(self.objective).default_beta
 
 
 class MergeConfig(StrictModel):

@@ -48,6 +48,9 @@ class Objective:
     name: str
     summary: str
     openai_type: str  # the fine-tuning jobs API's `method.type` that asks for it
+    pairs: bool = False  # trains on preference pairs (prompt, chosen, rejected), not on examples
+    reference: bool = False  # needs the reference model's log-probabilities (DPO)
+    default_beta: float | None = None  # --beta when not given; None: the objective has no beta
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -58,6 +61,30 @@ OBJECTIVES: dict[str, Objective] = {
             "supervised fine-tuning: next-token loss on the assistant's answer tokens",
             openai_type="supervised",
         ),
+        Objective(
+            "dpo",
+            "direct preference optimization: the chosen answer's log-ratio to the reference "
+            "model above the rejected one's (Rafailov et al. 2023)",
+            openai_type="dpo",
+            pairs=True,
+            reference=True,
+            default_beta=0.1,
+        ),
+        Objective(
+            "orpo",
+            "odds-ratio preference optimization: SFT loss on the chosen answer plus "
+            "--orpo-lambda times the odds-ratio loss; no reference model (Hong et al. 2024)",
+            openai_type="orpo",
+            pairs=True,
+        ),
+        Objective(
+            "simpo",
+            "simple preference optimization: length-normalized log-probabilities with a target "
+            "margin --simpo-gamma; no reference model (Meng et al. 2024)",
+            openai_type="simpo",
+            pairs=True,
+            default_beta=2.0,
+        ),
     )
 }
 
@@ -67,6 +94,16 @@ ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
 
 def get_finetune_method(name: str) -> FinetuneMethod:
     return FINETUNE_METHODS[name]
+
+
+def get_objective(name: str) -> Objective:
+    return OBJECTIVES[name]
+
+
+def objectives_help() -> str:
+    """`sft, dpo, orpo or simpo` for option help texts."""
+    names = list(OBJECTIVES)
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
 def quantized_adapter_method() -> FinetuneMethod | None:
