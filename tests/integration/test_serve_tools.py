@@ -204,3 +204,43 @@ def test_twenty_parsed_structured_outputs(batched) -> None:
         )  # fmt: skip
         parsed = reply.choices[0].message.parsed
         assert isinstance(parsed, Trip), reply.choices[0].message.content
+
+
+def test_a_phi4_mini_template_gets_calls_in_its_own_syntax(tiny_llama, tmp_path) -> None:
+    """A model with Phi-4-mini's template: the prompt carries the tools between `<|tool|>` and
+    `<|/tool|>`, a forced call is written as `<|tool_call|>[...]<|/tool_call|>` and comes back as
+    `message.tool_calls`."""
+    import shutil
+
+    from slmforge.models.load import load_tokenizer
+    from slmforge.models.tool_format import render_chat
+
+    model = tmp_path / "phi4-like"
+    shutil.copytree(tiny_llama, model)
+    config_path = model / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = PHI4_TEMPLATE
+    config_path.write_text(json.dumps(config))
+    prompt = render_chat(load_tokenizer(str(model)), ASK, TOOLS, generation_prompt=True)
+    assert "<|tool|>" in prompt and '"name": "get_weather"' in prompt and "<tools>" not in prompt
+    running = start_in_thread(ServeConfig(model=str(model), port=0))
+    try:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
+        reply = client.chat.completions.create(
+            model=running.server.state.served.name, messages=ASK, tools=TOOLS, max_tokens=160,
+            tool_choice="required", parallel_tool_calls=False, temperature=0.7, seed=3,
+        )  # fmt: skip
+    finally:
+        running.stop()
+    (call,) = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls"
+    validate(json.loads(call.function.arguments), schema_of(call.function.name))
+
+
+PHI4_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and "
+    "message['tools'] is not none %}{{ '<|' + message['role'] + '|>' + message['content'] + "
+    "'<|tool|>' + message['tools'] + '<|/tool|>' + '<|end|>' }}{% else %}{{ '<|' + "
+    "message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)

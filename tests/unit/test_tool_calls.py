@@ -84,6 +84,11 @@ def test_the_parser_follows_the_template() -> None:
         "{{ m.tool_calls }}<|end_header_id|>{{ m.content }}<|eot_id|>{% endfor %}"
     )
     assert parser_for(Tokenizer()).name == "llama3_json"
+    Tokenizer.chat_template = (  # Phi-4-mini's: tools from the system message's own field
+        "{% for message in messages %}{% if 'tools' in message %}<|tool|>{{ message['tools'] }}"
+        "<|/tool|>{% endif %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    )
+    assert parser_for(Tokenizer()).name == "phi4"
 
 
 def test_forced_grammars_name_the_chosen_functions_only() -> None:

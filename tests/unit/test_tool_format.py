@@ -10,7 +10,12 @@ import pytest
 
 from data_helpers import word_tokenizer
 from slmforge.models.chat import PHI3_TEMPLATE
-from slmforge.models.tool_format import hermes_messages, render_chat, template_knows_tools
+from slmforge.models.tool_format import (
+    hermes_messages,
+    render_chat,
+    template_knows_tools,
+    template_takes_system_tools,
+)
 from slmforge.train.collate import assistant_spans, encode
 
 WEATHER = {
@@ -41,6 +46,15 @@ TOOLS_TEMPLATE = (
     "{% elif m.role == 'tool' %}<|user|> RESULT {{ m.content }} <|end|> "
     "{% else %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+# Phi-4-mini's hub template: tool definitions from the system message's own `tools` field.
+PHI4_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and "
+    "message['tools'] is not none %}{{ '<|' + message['role'] + '|>' + message['content'] + "
+    "'<|tool|>' + message['tools'] + '<|/tool|>' + '<|end|>' }}{% else %}{{ '<|' + "
+    "message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
 
@@ -77,6 +91,23 @@ def test_a_template_with_tools_renders_its_own_syntax_with_argument_objects(toke
     trained = trained_text(text, spans)
     assert 'CALL get_weather {"city": "Oslo"} <|end|>' in trained  # an object, not a string
     assert "It is 3 degrees." in trained and "RESULT" not in trained
+
+
+def test_phi4_mini_gets_its_own_tool_convention_not_the_hermes_fallback(tokenizer) -> None:
+    tokenizer.chat_template = PHI4_TEMPLATE
+    assert template_takes_system_tools(PHI4_TEMPLATE) and not template_knows_tools(PHI4_TEMPLATE)
+    text, spans = assistant_spans(tokenizer, MESSAGES, ["<|end|>"], [WEATHER])
+    signatures = json.dumps([WEATHER["function"]])
+    assert text.startswith(f"<|system|>Be brief.<|tool|>{signatures}<|/tool|><|end|>")
+    assert "<tools>" not in text and "<tool_call>" not in text
+    trained = trained_text(text, spans)
+    call = '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Oslo"}}]<|/tool_call|>'
+    assert call in trained and "It is 3 degrees." in trained
+    assert "<|tool|>TOOLRESULT 3C<|end|>" in text and "TOOLRESULT" not in trained
+    # Without a system message the tools still get one, as Microsoft's examples write it.
+    bare = render_chat(tokenizer, MESSAGES[1:2], [WEATHER], generation_prompt=True)
+    assert bare.startswith("<|system|>You are a helpful assistant with some tools.<|tool|>")
+    assert bare.endswith("<|user|>Weather in Oslo?<|end|><|assistant|>")
 
 
 def test_encode_labels_only_the_assistant_turns(tokenizer) -> None:

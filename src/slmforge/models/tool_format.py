@@ -10,6 +10,13 @@ the function signatures in the system message inside `<tools></tools>`, each cal
 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` in the assistant's text, tool replies
 as a user turn of `<tool_response>` blocks. The same convention is what a server parses back
 out of such a model's output.
+
+Phi-4-mini's template is a third kind: it reads no `tools` argument but writes a system
+message's own `tools` field (a JSON list of function definitions) between `<|tool|>` and
+`<|/tool|>`, and the model calls as
+`<|tool_call|>[{"name": ..., "arguments": {...}}]<|/tool_call|>`.
+Such a template gets its own convention (`phi4_messages`), not the Hermes fallback, so a
+fine-tune teaches the syntax the model was trained on.
 """
 
 from __future__ import annotations
@@ -34,6 +41,17 @@ def template_knows_tools(template: str | None) -> bool:
     return bool(template) and "tools" in template and "tool_calls" in template
 
 
+PHI4_TOOLS_SYSTEM = "You are a helpful assistant with some tools."
+
+
+def template_takes_system_tools(template: str | None) -> bool:
+    """Whether a template renders tool definitions from the system message's `tools` field
+    (Phi-4-mini's) rather than from a `tools` argument."""
+    return bool(template) and any(
+        key in template for key in ("message['tools']", 'message["tools"]', "message.tools")
+    )
+
+
 def uses_tools(messages: list[Message], tools: list[dict[str, Any]] | None) -> bool:
     return bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
 
@@ -54,7 +72,10 @@ def render_chat(
                 tokenize=False,
                 add_generation_prompt=generation_prompt,
             )
-        messages = hermes_messages(messages, tools)
+        elif template_takes_system_tools(_template(tokenizer)):
+            messages = phi4_messages(messages, tools)
+        else:
+            messages = hermes_messages(messages, tools)
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt
     )
@@ -120,3 +141,34 @@ def hermes_call_text(message: Message) -> str:
         for call in message["tool_calls"]
     ]
     return "\n".join([message["content"], *blocks] if message["content"] else blocks)
+
+
+def phi4_messages(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[Message]:
+    """Messages in Phi-4-mini's convention: the function definitions as a JSON string in the
+    system message's `tools` field (a default system message when there is none), each call as
+    a `<|tool_call|>[...]<|/tool_call|>` list after the assistant's text, tool replies as the
+    template's own `tool` turns."""
+    out: list[Message] = []
+    rest = messages
+    if tools:
+        system = PHI4_TOOLS_SYSTEM
+        if messages and messages[0]["role"] == "system":
+            system, rest = messages[0]["content"], messages[1:]
+        signatures = json.dumps([t["function"] for t in tools], ensure_ascii=False)
+        out.append({"role": "system", "content": system, "tools": signatures})
+    for message in rest:
+        if message.get("tool_calls"):
+            out.append({"role": "assistant", "content": phi4_call_text(message)})
+        else:
+            out.append({"role": message["role"], "content": message["content"]})
+    return out
+
+
+def phi4_call_text(message: Message) -> str:
+    """An assistant message's text followed by its calls as one `<|tool_call|>` JSON list."""
+    calls = [
+        {"name": call["function"]["name"], "arguments": _arguments(call)}
+        for call in message["tool_calls"]
+    ]
+    block = "<|tool_call|>" + json.dumps(calls, ensure_ascii=False) + "<|/tool_call|>"
+    return message["content"] + block

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmforge.models.chat import detect_format
-from slmforge.models.tool_format import template_knows_tools
+from slmforge.models.tool_format import template_knows_tools, template_takes_system_tools
 from slmforge.runtime.engine import Delta, ToolCall
 
 ToolList = list[dict[str, Any]]
@@ -152,6 +152,8 @@ def parser_for(tokenizer: Any) -> ToolParser:
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     if "<|tool_call|>" in vocab and "<|/tool_call|>" in vocab:
         return PARSERS["phi4"]  # Phi-4-mini answers in its own tokens whatever the prompt
+    if template_takes_system_tools(template) and not template_knows_tools(template):
+        return PARSERS["phi4"]  # models/tool_format.py renders Phi-4-mini's convention
     if not template_knows_tools(template):
         return PARSERS["hermes"]  # slmforge's fallback rendering asked for Hermes syntax
     fmt = detect_format(template)
