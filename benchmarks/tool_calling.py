@@ -2,9 +2,10 @@
 sample (`slmforge data sample --kind tools`: travel questions, four declared functions, the call
 whose arguments come from the question), 360 rows to train on and 40 held out; LoRA on a tiny
 pretrained model (the model's ChatML template has no tool syntax, so rows are rendered with
-slmforge's Hermes fallback); then `tool_call_accuracy` (right functions with equal arguments)
-and `tool_name_accuracy` of the base and of the fine-tune on the held-out questions, with the
-row's tools offered as an app offers them (`tool_choice: auto`).
+slmforge's Hermes fallback); then `tool_call_accuracy` (right functions, arguments valid
+against their schemas), `tool_call_exact` (equal arguments) and `tool_name_accuracy` of the base
+and of the fine-tune on the held-out questions, with the row's tools offered as an app offers
+them (`tool_choice: auto`).
 
     .venv/bin/python benchmarks/tool_calling.py --steps 400
 """
@@ -58,8 +59,8 @@ def main() -> None:
     trained = time.perf_counter() - started
     summary = run_eval(EvalConfig(
         data=root / "test.jsonl", target=[f"base={base}", f"tuned={base}+{adapter}"],
-        metrics=["tool_call_accuracy", "tool_name_accuracy"], out=root / "eval", max_tokens=120,
-        force=True,
+        metrics=["tool_call_accuracy", "tool_call_exact", "tool_name_accuracy"],
+        out=root / "eval", max_tokens=120, force=True,
     )).summary  # fmt: skip
     print(f"{base.name}, LoRA {args.steps} steps ({trained:.0f} s), 40 held-out questions")
     for target in ("base", "tuned"):

@@ -15,9 +15,9 @@ from slmforge.runtime.engine import Completion, ToolCall
 CALL = '<tool_call>\n{"name": "get_local_time", "arguments": {"city": "Oslo"}}\n</tool_call>'
 
 
-def score(name: str, answers: list[str], references: list[str]) -> list[float]:
+def score(name: str, answers: list[str], references: list[str], tools=None) -> list[float]:
     (metric,) = resolve([name])
-    return list(metric.score(answers, references))
+    return list(metric.score(answers, references, tools))
 
 
 def test_tool_rows_carry_their_tools_and_a_reference_in_call_form(tmp_path: Path) -> None:
@@ -42,6 +42,18 @@ def test_tool_call_metrics_compare_names_and_argument_values() -> None:
     answers = [CALL, CALL.replace('{"city": "Oslo"}', '{ "city":"Oslo" }'), other_args,
                other_name, "It is noon.", "<tool_call>{broken</tool_call>"]  # fmt: skip
     references = [CALL] * 6
-    assert score("tool_call_accuracy", answers, references) == [1, 1, 0, 0, 0, 0]
+    assert score("tool_call_exact", answers, references) == [1, 1, 0, 0, 0, 0]
     assert score("tool_name_accuracy", answers, references) == [1, 1, 1, 0, 0, 0]
+    assert score("tool_call_exact", ["It is noon.", CALL], ["Noon.", "Noon."]) == [1, 0]
+
+
+def test_tool_call_accuracy_checks_arguments_against_the_declared_schema() -> None:
+    tools = [{"type": "function", "function": {"name": "get_local_time", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+        "required": ["city"], "additionalProperties": False}}}]  # fmt: skip
+    answers = [CALL, CALL.replace("Oslo", "Rome"), CALL.replace("Oslo", "Llanfairpwllgwyngyll"),
+               CALL.replace('"city"', '"town"'), CALL.replace('{"city": "Oslo"}', '"Oslo"'),
+               CALL.replace("get_local_time", "get_weather"), "It is noon."]  # fmt: skip
+    scores = score("tool_call_accuracy", answers, [CALL] * 7, [tools] * 7)
+    assert scores == [1, 1, 0, 0, 0, 0, 0]  # other valid values count; invalid ones do not
     assert score("tool_call_accuracy", ["It is noon.", CALL], ["Noon.", "Noon."]) == [1, 0]

@@ -27,7 +27,9 @@ from slmforge.evaluate import overlap
 from slmforge.models.embeddings import EMBEDDING_BATCH, embedding_model
 
 Scores = list[float | None]
-BatchScorer = Callable[[Sequence[str], Sequence[str | None]], Scores]
+RowTools = Sequence[list[dict[str, Any]] | None] | None  # each row's declared functions
+# score(answers, references, tools=None): tools only matter to the tool-call metrics
+BatchScorer = Callable[..., Scores]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Metric:
     higher_is_better: bool | None  # None: neither (answer length)
     unit: str  # "0-1", "0-100", "words", "1-5"
     score: BatchScorer
+    uses_tools: bool = False  # scored against each row's declared functions (their schemas)
 
 
 METRICS: dict[str, Metric] = {}
@@ -51,23 +54,38 @@ def register_metric(
     higher_is_better: bool | None = True,
     unit: str = "0-1",
     batch: bool = False,
+    uses_tools: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register `fn(answer, reference) -> float`, or with `batch=True`
-    `fn(answers, references) -> list[float | None]`."""
+    """Register `fn(answer, reference) -> float` (`fn(answer, reference, tools)` with
+    `uses_tools=True`), or with `batch=True` `fn(answers, references) -> list[float | None]`."""
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        scorer = fn if batch else _per_row(fn, needs_reference)
-        METRICS[name] = Metric(name, description, needs_reference, higher_is_better, unit, scorer)
+        scorer = _batch(fn) if batch else _per_row(fn, needs_reference, uses_tools)
+        METRICS[name] = Metric(
+            name, description, needs_reference, higher_is_better, unit, scorer, uses_tools
+        )
         return fn
 
     return decorator
 
 
-def _per_row(fn: Callable[[str, str | None], float], needs_reference: bool) -> BatchScorer:
-    def scorer(answers: Sequence[str], references: Sequence[str | None]) -> Scores:
+def _batch(fn: Callable[..., Scores]) -> BatchScorer:
+    def scorer(answers: Sequence[str], references: Sequence[str | None], tools: RowTools = None):
+        return fn(answers, references)
+
+    return scorer
+
+
+def _per_row(fn: Callable[..., float], needs_reference: bool, uses_tools: bool) -> BatchScorer:
+    def scorer(
+        answers: Sequence[str], references: Sequence[str | None], tools: RowTools = None
+    ) -> Scores:
+        tools = tools if tools is not None else [None] * len(answers)
         return [
-            None if needs_reference and ref is None else float(fn(answer, ref))
-            for answer, ref in zip(answers, references, strict=True)
+            None
+            if needs_reference and ref is None
+            else float(fn(answer, ref, row_tools) if uses_tools else fn(answer, ref))
+            for answer, ref, row_tools in zip(answers, references, tools, strict=True)
         ]
 
     return scorer
@@ -233,12 +251,40 @@ def _calls(text: str | None) -> list[tuple[str, Any]]:
     return calls
 
 
+def _valid_arguments(name: str, arguments: Any, tools: list[dict[str, Any]] | None) -> bool:
+    """Arguments that are a JSON object matching the named function's declared `parameters`
+    (any object when the row declares no functions)."""
+    from jsonschema import Draft202012Validator
+
+    if not isinstance(arguments, dict):
+        return False
+    schema = next(
+        (t["function"].get("parameters") for t in tools or [] if t["function"]["name"] == name),
+        None,
+    )
+    return schema is None or Draft202012Validator(schema).is_valid(arguments)
+
+
 @register_metric(
     "tool_call_accuracy",
+    "1 if the answer calls the reference's functions, in order, each with arguments that "
+    "validate against the function's declared JSON schema (the row's tools); for a reference "
+    "without calls, 1 if the answer calls none.",
+    uses_tools=True,
+)
+def _tool_call_accuracy(answer: str, reference: str, tools: list[dict[str, Any]] | None) -> float:
+    calls = _calls(answer)
+    if [n for n, _ in calls] != [n for n, _ in _calls(reference)]:
+        return 0.0
+    return float(all(_valid_arguments(name, args, tools) for name, args in calls))
+
+
+@register_metric(
+    "tool_call_exact",
     "1 if the answer calls the reference's functions, in order, with equal arguments (JSON "
     "values compared); for a reference without calls, 1 if the answer calls none.",
 )
-def _tool_call_accuracy(answer: str, reference: str) -> float:
+def _tool_call_exact(answer: str, reference: str) -> float:
     return float(_calls(answer) == _calls(reference))
 
 

@@ -219,7 +219,11 @@ def _score(
     ok = [i for i, a in enumerate(answers) if a.error is None]
     scores: dict[str, list[float | None]] = {}
     for metric in metrics:
-        got = metric.score([answers[i].text for i in ok], [rows[i].reference for i in ok])
+        got = metric.score(
+            [answers[i].text for i in ok],
+            [rows[i].reference for i in ok],
+            [rows[i].tools for i in ok],
+        )
         column: list[float | None] = [None] * len(rows)
         for i, value in zip(ok, got, strict=True):
             column[i] = value
