@@ -331,3 +331,82 @@ def test_installed_entry_point(sample: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: 1 errors in")
     assert "Traceback" not in result.stderr
+
+
+# -- preference pairs -------------------------------------------------------------------------
+@pytest.fixture
+def pairs(tmp_path: Path, capsys) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    code, out, _ = run(capsys, "data", "sample", "--kind", "preference", "--out", str(path))
+    assert code == 0 and f"wrote {len(sample_pairs())} pairs" in out
+    return path
+
+
+def test_preference_sample_validates_converts_and_describes(
+    pairs: Path, tmp_path: Path, capsys
+) -> None:
+    code, out, _ = run(capsys, "data", "validate", str(pairs))
+    assert code == 0 and "ok: 200 valid pairs" in out and "warning:" not in out
+    trl = tmp_path / "trl.jsonl"
+    code, out, _ = run(
+        capsys, "data", "convert", str(pairs), "--out", str(trl), "--output-format", "trl_text"
+    )
+    assert code == 0 and f"wrote 200 pairs to {trl}" in out
+    first, source = _rows(trl)[0], _rows(pairs)[0]
+    assert first == {
+        "prompt": source["input"]["messages"][0]["content"],
+        "chosen": source["preferred_output"][0]["content"],
+        "rejected": source["non_preferred_output"][0]["content"],
+    }
+    code, out, _ = run(capsys, "data", "stats", str(trl), "--json-output")
+    stats = json.loads(out)
+    assert code == 0 and stats["pairs"] == 200 and stats["repeated_prompts"] == 0
+    code, out, _ = run(
+        capsys, "data", "stats", str(pairs), "--tokenizer", str(word_tokenizer(tmp_path / "t"))
+    )
+    assert code == 0 and "chosen/rejected length (tokens)" in out and "token lengths" in out
+
+
+def test_preference_validate_names_line_and_field(tmp_path: Path, capsys) -> None:
+    good = {"role": "assistant", "content": "Try a francesinha."}
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": "Porto?"}]},
+            "preferred_output": [good],
+        },
+        {
+            "input": {"messages": [{"role": "user", "content": "Food?"}]},
+            "preferred_output": [good],
+            "non_preferred_output": [good],
+        },
+    ]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    code, out, err = run(capsys, "data", "validate", str(path))
+    assert code == 2
+    assert f"{path}:1 [non_preferred_output]: error: missing 'non_preferred_output'" in out
+    assert f"{path}:2 [non_preferred_output]: error: chosen and rejected are identical" in out
+    assert "2 errors in" in err
+
+
+def test_preference_split_and_refusals(pairs: Path, tmp_path: Path, capsys) -> None:
+    out_dir = tmp_path / "split"
+    code, _, _ = run(capsys, "data", "split", str(pairs), "--out-dir", str(out_dir))
+    assert code == 0
+    train, validation = _rows(out_dir / "train.jsonl"), _rows(out_dir / "validation.jsonl")
+    assert len(train) + len(validation) == 200 and len(validation) == 20
+    assert "preferred_output" in train[0]
+    code, _, err = run(
+        capsys,
+        "data",
+        "convert",
+        str(pairs),
+        "--out",
+        str(tmp_path / "m.jsonl"),
+        "--output-format",
+        "messages",
+    )
+    assert code == 2 and "holds preference pairs" in err
+    assert not (tmp_path / "m.jsonl").exists()
+    code, _, err = run(capsys, "data", "augment", str(pairs), "--out", str(tmp_path / "a.jsonl"))
+    assert code == 2 and "this is a preference row" in err
+    assert not (tmp_path / "a.jsonl").exists()

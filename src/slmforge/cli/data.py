@@ -37,11 +37,14 @@ def _console() -> Any:
 
 @model_command(data_app, "convert", ConvertConfig, arguments=("input",))
 def convert(config: ConvertConfig) -> None:
-    """Convert any supported data file to messages, prompt/response or templated text jsonl."""
+    """Convert any supported data file to messages, prompt/response or templated text jsonl;
+    a preference file to openai_dpo, trl or trl_text."""
+    from slmforge.data.preference import is_preference_file
     from slmforge.data.writing import run_convert
 
     path, count = run_convert(config)
-    _console().print(f"wrote {count} examples to {path}", markup=False)
+    what = "pairs" if is_preference_file(path) else "examples"
+    _console().print(f"wrote {count} {what} to {path}", markup=False)
 
 
 def _render_findings(report: Any) -> None:
@@ -60,7 +63,7 @@ def _render_counts(report: Any) -> None:
     from rich.table import Table
 
     table = Table(title="validation")
-    for column in ("file", "examples", "errors", "warnings"):
+    for column in ("file", report.noun, "errors", "warnings"):
         table.add_column(column, justify="left" if column == "file" else "right")
     for file, row in report.counts().items():
         table.add_row(file, str(row["examples"]), str(row["errors"]), str(row["warnings"]))
@@ -90,16 +93,17 @@ def validate(config: ValidateConfig) -> None:
         kept = sum(report.examples.values())
         console.print(
             f"dropped {len(report.dropped_lines)} invalid records (lines: {lines}); "
-            f"wrote {kept} examples to {config.out}",
+            f"wrote {kept} {report.noun} to {config.out}",
             markup=False,
         )
     else:
-        console.print(f"ok: {sum(report.examples.values())} valid examples", markup=False)
+        console.print(f"ok: {sum(report.examples.values())} valid {report.noun}", markup=False)
 
 
 @model_command(data_app, "split", SplitConfig, arguments=("input",))
 def split(config: SplitConfig) -> None:
-    """Split into train/validation/test jsonl; repeated prompts stay in one part."""
+    """Split into train/validation/test jsonl; repeated prompts stay in one part (pairs too:
+    pairs that share a prompt are never split between parts)."""
     from rich.table import Table
 
     from slmforge.data.split import run_split
@@ -107,7 +111,7 @@ def split(config: SplitConfig) -> None:
     written = run_split(config)
     table = Table(title=f"split: {config.out_dir}")
     table.add_column("part")
-    table.add_column("examples", justify="right")
+    table.add_column("rows", justify="right")
     table.add_column("file")
     for name, path in written.items():
         count = sum(1 for line in path.open(encoding="utf-8") if line.strip())
@@ -151,33 +155,69 @@ def _histogram_table(buckets: list[Any]) -> Any:
     return table
 
 
+def _pair_stats_table(stats: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title="stats (preference pairs)", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("pairs", str(stats.pairs))
+    turns = stats.prompt_turns
+    table.add_row("prompt turns min/mean/max", f"{turns.min}/{turns.mean}/{turns.max}")
+    for part, summary in stats.characters.items():
+        table.add_row(
+            f"{part} characters min/mean/max", f"{summary.min}/{summary.mean}/{summary.max}"
+        )
+    table.add_row("with system message", str(stats.system_messages))
+    share = f"{100 * stats.repeated_prompt_share:.1f}%"
+    table.add_row("repeated prompts", f"{stats.repeated_prompts} ({share})")
+    unit = "tokens" if stats.tokens else "characters"
+    table.add_row(f"chosen/rejected length ({unit})", f"{stats.chosen_rejected_ratio}x")
+    if stats.tool_pairs:
+        table.add_row("with tools", str(stats.tool_pairs))
+    for part, tokens in (stats.tokens or {}).items():
+        p50, p95 = tokens.percentiles["p50"], tokens.percentiles["p95"]
+        table.add_row(f"{part} tokens p50/p95/max", f"{p50}/{p95}/{tokens.max}")
+    return table
+
+
 @model_command(data_app, "stats", StatsConfig, arguments=("input",))
 def stats(config: StatsConfig) -> None:
-    """Describe a data file: counts, turns, characters and (with --tokenizer) token lengths."""
+    """Describe a data file: counts, turns, characters and (with --tokenizer) token lengths;
+    for preference pairs each part's lengths and the chosen/rejected length ratio."""
     from slmforge.config.data import ReadOptions
     from slmforge.data.formats import read_examples
-    from slmforge.data.stats import compute_stats, load_tokenizer
+    from slmforge.data.preference import is_preference_file, read_preference_examples
+    from slmforge.data.stats import compute_pair_stats, compute_stats, load_tokenizer
 
-    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
     options = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
-    result = compute_stats(read_examples(config.input, options), tokenizer)
+    pairs = config.input.exists() and is_preference_file(config.input, options)
+    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
+    if pairs:
+        result = compute_pair_stats(read_preference_examples(config.input, options), tokenizer)
+    else:
+        result = compute_stats(read_examples(config.input, options), tokenizer)
     if config.json_output:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     console = _console()
-    console.print(_stats_table(result))
-    if result.tokens is not None:
-        console.print(_histogram_table(result.tokens.histogram))
+    console.print(_pair_stats_table(result) if pairs else _stats_table(result))
+    tokens = result.tokens["longest_side"] if pairs and result.tokens else result.tokens
+    if tokens is not None:
+        console.print(_histogram_table(tokens.histogram))
 
 
 @model_command(data_app, "sample", SampleConfig)
 def sample(config: SampleConfig) -> None:
-    """Write a sample data set: travel-assistant pairs, or function-calling rows (--kind tools)."""
-    from slmforge.data.sample import sample_pairs, write_sample
+    """Write a sample data set: travel-assistant pairs, function-calling rows (--kind tools)
+    or preference pairs (--kind preference)."""
+    from slmforge.data.sample import write_sample
 
     path = write_sample(config.out, config.force, config.kind, config.count, config.seed)
-    count = len(sample_pairs()) if config.kind == "travel" else config.count
-    _console().print(f"wrote {count} examples to {path}", markup=False)
+    with path.open(encoding="utf-8") as handle:
+        count = sum(1 for line in handle if line.strip())
+    what = "pairs" if config.kind == "preference" else "examples"
+    _console().print(f"wrote {count} {what} to {path}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,14 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slmforge.config import StrictModel
 
 InputFormat = Literal[
-    "auto", "prompt_response", "messages", "alpaca", "sharegpt", "csv", "parquet", "hf_dataset"
+    "auto",
+    "prompt_response",
+    "messages",
+    "alpaca",
+    "sharegpt",
+    "openai_dpo",  # preference pairs: input.messages, preferred_output, non_preferred_output
+    "trl",  # preference pairs: prompt/chosen/rejected, plain text or conversational
+    "csv",
+    "parquet",
+    "hf_dataset",
 ]
-OutputFormat = Literal["messages", "prompt_response", "text"]
+OutputFormat = Literal["messages", "prompt_response", "text", "openai_dpo", "trl", "trl_text"]
+# what a preference file converts to (data/preference_write.py); the others are examples
+PAIR_OUTPUT_FORMATS = ("openai_dpo", "trl", "trl_text")
 
 
 class ReadOptions(StrictModel):
@@ -29,7 +40,11 @@ class ReadOptions(StrictModel):
 class ConvertConfig(ReadOptions):
     input: Path = Field(description="Data file or saved Hugging Face dataset folder.")
     out: Path = Field(description="Output file.")
-    output_format: OutputFormat = Field("messages", description="What to write.")
+    output_format: OutputFormat = Field(
+        "messages",
+        description="What to write: messages, prompt_response or text for examples; "
+        "openai_dpo (the default for a pair file), trl or trl_text for preference pairs.",
+    )
     text_template: str | None = Field(
         None,
         description=r"Render plain text, e.g. '<|user|>\n{prompt}<|end|>\n<|assistant|>\n"
@@ -48,7 +63,11 @@ class ValidateConfig(ReadOptions):
     report: Path | None = Field(None, description="Write every finding to this JSON file.")
     drop_invalid: bool = Field(False, description="Write a clean copy without invalid rows.")
     out: Path | None = Field(None, description="Where --drop-invalid writes the clean copy.")
-    output_format: OutputFormat = Field("messages", description="Format of the clean copy.")
+    output_format: OutputFormat = Field(
+        "messages",
+        description="Format of the clean copy (a pair file's copy is openai_dpo unless "
+        "trl or trl_text is given).",
+    )
     force: bool = Field(False, description="Replace the outputs if they exist.")
 
 
@@ -69,25 +88,57 @@ class StatsConfig(ReadOptions):
 
 class SampleConfig(StrictModel):
     out: Path = Field(Path("travel.jsonl"), description="Where to write the sample jsonl.")
-    kind: Literal["travel", "tools"] = Field(
+    kind: Literal["travel", "tools", "preference"] = Field(
         "travel",
         description="travel: the travel-assistant prompt/response pairs; tools: travel "
         "questions answered by a call to one of four declared functions (OpenAI rows with "
-        "tools and tool_calls).",
+        "tools and tool_calls); preference: OpenAI DPO rows, each travel prompt with its own "
+        "answer preferred and another row's answer not.",
     )
-    count: int = Field(400, gt=0, le=2000, description="Rows of --kind tools to write.")
-    seed: int = Field(0, description="Seed of --kind tools.")
+    count: int | None = Field(
+        None,
+        gt=0,
+        le=2000,
+        description="Rows to write: tools 400 by default; preference one per travel pair by "
+        "default (more repeat prompts with other non-preferred answers); travel writes all.",
+    )
+    seed: int = Field(0, description="Seed of --kind tools and preference.")
     force: bool = Field(False, description="Replace the output if it exists.")
 
 
 class SynthConfig(StrictModel):
-    seed_data: Path = Field(description="Seed examples (any readable format).")
-    out: Path = Field(description="Output jsonl (prompt/response); appended to on --resume.")
+    seed_data: Path | None = Field(
+        None, description="Seed examples (any readable format); not with --pairs."
+    )
+    out: Path = Field(
+        description="Output jsonl (prompt/response, or OpenAI DPO rows with --pairs); "
+        "appended to on --resume."
+    )
     teacher: str = Field(
         description="Teacher engine: openai:MODEL@BASE_URL, profile:NAME or a model folder."
     )
+    pairs: bool = Field(
+        False,
+        description="Write preference pairs instead: for each prompt of --prompts, the "
+        "teacher's answer preferred and the --student's answer not.",
+    )
+    student: str | None = Field(
+        None,
+        description="With --pairs: the student engine whose answers are not preferred (a "
+        "model folder, openai:MODEL@BASE_URL or profile:NAME).",
+    )
+    prompts: Path | None = Field(
+        None,
+        description="With --pairs: a data file (examples or pairs, any readable format) whose "
+        "conversations up to their last user turn are the prompts.",
+    )
     topic: str = Field("", description="Topic of the new examples.")
-    count: int = Field(50, gt=0, description="How many new examples to write.")
+    count: int = Field(
+        50,
+        gt=0,
+        description="How many new examples to write (with --pairs: at most this many pairs "
+        "if given, else one per distinct prompt).",
+    )
     per_request: int = Field(5, gt=0, le=50, description="Examples asked for per request.")
     seed_examples: int = Field(5, gt=0, description="Seed examples shown per request.")
     temperature: float = Field(0.9, ge=0, le=2)
@@ -96,9 +147,30 @@ class SynthConfig(StrictModel):
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx per request.")
     timeout_s: float = Field(60.0, gt=0, description="Timeout of each request in seconds.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Env var holding the teacher's key.")
-    seed: int = Field(0, description="Seed for picking seed examples.")
+    seed: int = Field(0, description="Seed for picking seed examples (and of sampling).")
     resume: bool = Field(False, description="Continue an interrupted run in --out.")
     force: bool = Field(False, description="Replace the output if it exists.")
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> SynthConfig:
+        if self.pairs:
+            missing = [
+                f"--{name}" for name in ("student", "prompts") if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"--pairs needs {' and '.join(missing)}")
+            if self.seed_data is not None:
+                raise ValueError(
+                    "--pairs reads its prompts from --prompts FILE; the SEED_DATA argument is "
+                    "for synth without --pairs"
+                )
+            return self
+        if self.seed_data is None:
+            raise ValueError("missing the SEED_DATA argument (seed examples), or pass --pairs")
+        for name in ("student", "prompts"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"--{name} is only used with --pairs")
+        return self
 
 
 AugmentStrategy = Literal["noise", "paraphrase", "multi_turn", "back_translation"]

@@ -17,6 +17,7 @@ from typing import Any
 from slmforge.config.data import ReadOptions
 from slmforge.data.containers import Record, bad, container_for
 from slmforge.data.conversation import CONVERSATION_RULES
+from slmforge.data.shapes import pair_format_of, pair_row_message
 from slmforge.data.tools import (
     assign_call_ids,
     calls_from_json_text,
@@ -85,7 +86,7 @@ def normalize_text(text: str) -> str:
 
 
 @dataclass
-class _Where:
+class Where:
     """Location of the record being converted; makes findings with file and line filled in."""
 
     file: str
@@ -96,20 +97,20 @@ class _Where:
         self.findings.append(Finding(self.file, self.line, field_name, message, "error", rule))
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(
         type(value), type(value).__name__
     )
 
 
-def _text(record: dict[str, Any], key: str, at: _Where, label: str | None = None) -> str | None:
+def text_field(record: dict[str, Any], key: str, at: Where, label: str | None = None) -> str | None:
     """A required non-empty string field, or None after recording what is wrong with it."""
     label = label or key
     value = record.get(key)
     if key not in record or value is None:
         at.add(label, f"missing '{key}' (expected a non-empty string)", "missing_field")
     elif not isinstance(value, str):
-        at.add(label, f"expected a string, got {_type_name(value)}", "wrong_type")
+        at.add(label, f"expected a string, got {type_name(value)}", "wrong_type")
     elif not value.strip():
         at.add(label, "empty (expected a non-empty string)", "empty_field")
     else:
@@ -118,7 +119,7 @@ def _text(record: dict[str, Any], key: str, at: _Where, label: str | None = None
 
 
 # -- record formats ------------------------------------------------------------------------
-Converter = Callable[[dict[str, Any], ReadOptions, _Where], list[dict[str, Any]] | None]
+Converter = Callable[[dict[str, Any], ReadOptions, Where], list[dict[str, Any]] | None]
 
 
 @dataclass(frozen=True)
@@ -151,10 +152,10 @@ def register_record_format(
 
 
 @register_record_format("messages", ("messages",))
-def _from_messages(record: dict[str, Any], options: ReadOptions, at: _Where):
+def _from_messages(record: dict[str, Any], options: ReadOptions, at: Where):
     raw = record.get("messages")
     if not isinstance(raw, list) or not raw:
-        what = "missing" if raw is None else f"got {_type_name(raw)}"
+        what = "missing" if raw is None else f"got {type_name(raw)}"
         at.add("messages", f"expected a non-empty list of messages, {what}", "missing_field")
         return None
     messages = []
@@ -163,20 +164,20 @@ def _from_messages(record: dict[str, Any], options: ReadOptions, at: _Where):
         if not isinstance(item, dict):
             at.add(
                 label,
-                f"expected an object with role and content, got {_type_name(item)}",
+                f"expected an object with role and content, got {type_name(item)}",
                 "wrong_type",
             )
             continue
-        message = _message(item, label, at)
+        message = parse_message(item, label, at)
         if message is not None:
             messages.append(message)
     return messages
 
 
-def _message(item: dict[str, Any], label: str, at: _Where) -> dict[str, Any] | None:
+def parse_message(item: dict[str, Any], label: str, at: Where) -> dict[str, Any] | None:
     """One OpenAI message; an assistant message that calls tools may have no content, and a
     tool reply's content may be empty."""
-    role = _text(item, "role", at, f"{label}.role")
+    role = text_field(item, "role", at, f"{label}.role")
     if role is None:
         return None
     if role not in ROLES:
@@ -187,12 +188,10 @@ def _message(item: dict[str, Any], label: str, at: _Where) -> dict[str, Any] | N
     if calling or role == "tool":
         content = (item.get("content") or "") if calling else item.get("content")
         if not isinstance(content, str):
-            at.add(
-                f"{label}.content", f"expected a string, got {_type_name(content)}", "wrong_type"
-            )
+            at.add(f"{label}.content", f"expected a string, got {type_name(content)}", "wrong_type")
             return None
     else:
-        content = _text(item, "content", at, f"{label}.content")
+        content = text_field(item, "content", at, f"{label}.content")
         if content is None:
             return None
     message: dict[str, Any] = {"role": role, "content": content}
@@ -218,10 +217,10 @@ _SHAREGPT_ROLES = {
 
 
 @register_record_format("sharegpt", ("conversations",), "conversations", "from")
-def _from_sharegpt(record: dict[str, Any], options: ReadOptions, at: _Where):
+def _from_sharegpt(record: dict[str, Any], options: ReadOptions, at: Where):
     raw = record.get("conversations")
     if not isinstance(raw, list) or not raw:
-        what = "missing" if raw is None else f"got {_type_name(raw)}"
+        what = "missing" if raw is None else f"got {type_name(raw)}"
         at.add("conversations", f"expected a non-empty list of turns, {what}", "missing_field")
         return None
     messages = []
@@ -230,12 +229,12 @@ def _from_sharegpt(record: dict[str, Any], options: ReadOptions, at: _Where):
         if not isinstance(item, dict):
             at.add(
                 label,
-                f"expected an object with from and value, got {_type_name(item)}",
+                f"expected an object with from and value, got {type_name(item)}",
                 "wrong_type",
             )
             continue
-        speaker = _text(item, "from", at, f"{label}.from")
-        value = _text(item, "value", at, f"{label}.value")
+        speaker = text_field(item, "from", at, f"{label}.from")
+        value = text_field(item, "value", at, f"{label}.value")
         role = _SHAREGPT_ROLES.get(speaker or "")
         if speaker is not None and role is None:
             known = ", ".join(_SHAREGPT_ROLES)
@@ -251,7 +250,7 @@ def _from_sharegpt(record: dict[str, Any], options: ReadOptions, at: _Where):
 
 
 def _sharegpt_message(
-    speaker: str, role: str, value: str, label: str, at: _Where
+    speaker: str, role: str, value: str, label: str, at: Where
 ) -> dict[str, Any] | None:
     """A turn; a `function_call` turn or a Hermes `<tool_call>` block becomes tool_calls."""
     if speaker != "function_call" and not (role == "assistant" and "<tool_call>" in value):
@@ -264,12 +263,12 @@ def _sharegpt_message(
 
 
 @register_record_format("alpaca", ("instruction", "output"))
-def _from_alpaca(record: dict[str, Any], options: ReadOptions, at: _Where):
-    instruction = _text(record, "instruction", at)
-    output = _text(record, "output", at)
+def _from_alpaca(record: dict[str, Any], options: ReadOptions, at: Where):
+    instruction = text_field(record, "instruction", at)
+    output = text_field(record, "output", at)
     extra = record.get("input")
     if extra is not None and not isinstance(extra, str):
-        at.add("input", f"expected a string, got {_type_name(extra)}", "wrong_type")
+        at.add("input", f"expected a string, got {type_name(extra)}", "wrong_type")
         return None
     if instruction is None or output is None:
         return None
@@ -279,16 +278,16 @@ def _from_alpaca(record: dict[str, Any], options: ReadOptions, at: _Where):
 
 
 @register_record_format("prompt_response", ("prompt", "response"))
-def _from_prompt_response(record: dict[str, Any], options: ReadOptions, at: _Where):
-    prompt = _text(record, options.prompt_field or "prompt", at)
-    response = _text(record, options.response_field or "response", at)
+def _from_prompt_response(record: dict[str, Any], options: ReadOptions, at: Where):
+    prompt = text_field(record, options.prompt_field or "prompt", at)
+    response = text_field(record, options.response_field or "response", at)
     if prompt is None or response is None:
         return None
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
 # -- reading -------------------------------------------------------------------------------
-def _detect_record_format(keys: Iterable[str], options: ReadOptions) -> str | None:
+def detect_record_format(keys: Iterable[str], options: ReadOptions) -> str | None:
     if options.input_format in RECORD_FORMATS:
         return options.input_format
     if options.prompt_field or options.response_field:
@@ -298,6 +297,14 @@ def _detect_record_format(keys: Iterable[str], options: ReadOptions) -> str | No
         if keys.issuperset(fmt.keys[:1]):
             return fmt.name
     return None
+
+
+def pair_format_for(keys: Iterable[str], options: ReadOptions) -> str | None:
+    """The preference format of a pair file (data/preference.py reads those), unless the
+    options name a supervised format."""
+    if options.input_format in RECORD_FORMATS or options.prompt_field or options.response_field:
+        return None
+    return pair_format_of(keys, options.input_format)
 
 
 def _unknown_format(path: Path, line: int | None, keys: Iterable[str]) -> Finding:
@@ -333,9 +340,9 @@ def _missing_columns(path: Path, columns: list[str], fmt: str, options: ReadOpti
 def _convert(
     record: Record, fmt: RecordFormat, options: ReadOptions, path: Path, findings: list[Finding]
 ) -> Example | None:
-    at = _Where(str(path), record.line, findings)
+    at = Where(str(path), record.line, findings)
     if not isinstance(record.value, dict):
-        at.add(None, f"expected a JSON object, got {_type_name(record.value)}", "not_object")
+        at.add(None, f"expected a JSON object, got {type_name(record.value)}", "not_object")
         return None
     before = len(findings)
     messages = fmt.convert(record.value, options, at)
@@ -351,7 +358,7 @@ def _convert(
         return None
     meta = record.value.get("meta")
     if meta is not None and not isinstance(meta, dict):
-        at.add("meta", f"expected an object, got {_type_name(meta)}", "wrong_type")
+        at.add("meta", f"expected an object, got {type_name(meta)}", "wrong_type")
         return None
     if options.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": options.system_prompt})
@@ -385,7 +392,11 @@ def read_with_findings(
     keys = (
         columns if columns is not None else (first.value if isinstance(first.value, dict) else {})
     )
-    name = _detect_record_format(keys, options)
+    if (pair := pair_format_for(keys, options)) is not None:
+        line = None if columns is not None else first.line
+        wrong = Finding(str(path), line, None, pair_row_message(pair), "error", "wrong_shape")
+        return [], [*findings, wrong]
+    name = detect_record_format(keys, options)
     if name is None:
         return [], [*findings, _unknown_format(path, None if columns else first.line, keys)]
     if columns is not None and (missing := list(_missing_columns(path, columns, name, options))):

@@ -1,4 +1,5 @@
-"""slmforge's own sample data set: travel-assistant prompt/response pairs.
+"""slmforge's own sample data set: travel-assistant prompt/response pairs (and preference
+pairs made from them: data/sample_preference.py).
 
 Written for this project. The pairs are built deterministically from a hand-written table of
 destinations (one fact per topic) and a few question and answer phrasings per topic, so the
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from slmforge.artifacts import atomic_file
 
@@ -469,14 +470,29 @@ def sample_pairs() -> list[dict[str, str]]:
     return pairs
 
 
-def write_sample(
-    path: str | Path, force: bool = False, kind: str = "travel", count: int = 400, seed: int = 0
-) -> Path:
-    """Write the sample set as jsonl (atomically): the travel prompt/response pairs, or `count`
-    function-calling rows (`data/sample_tools.py`)."""
+def sample_rows(kind: str = "travel", count: int | None = None, seed: int = 0) -> list[Any]:
+    """The rows of one sample kind: travel pairs, tool rows (400 by default) or preference
+    pairs."""
+    from slmforge.data.sample_preference import preference_rows
     from slmforge.data.sample_tools import tool_rows
 
-    rows = sample_pairs() if kind == "travel" else tool_rows(count, seed)
+    if kind == "tools":
+        return tool_rows(count or 400, seed)
+    if kind == "preference":
+        return preference_rows(count, seed)
+    return sample_pairs()
+
+
+def write_sample(
+    path: str | Path,
+    force: bool = False,
+    kind: str = "travel",
+    count: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write the sample set as jsonl (atomically): the travel prompt/response pairs, `count`
+    function-calling rows (`data/sample_tools.py`) or preference pairs (`preference_rows`)."""
+    rows = sample_rows(kind, count, seed)
     final = Path(path)
     with atomic_file(final, force=force) as temp, open(temp, "w", encoding="utf-8") as handle:
         for row in rows:

@@ -1,4 +1,5 @@
-"""Describe a data set: sizes, turns, characters, token lengths and repeated prompts.
+"""Describe a data set: sizes, turns, characters, token lengths and repeated prompts; for
+preference pairs also each part's lengths and how the chosen answers compare to the rejected.
 
 Token lengths are what matter for `max_seq_len` in fine-tuning, so they are counted on the text
 the model will actually see: the tokenizer's chat template rendering when it has one.
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from slmforge.data.formats import Example
+from slmforge.data.preference import PreferenceExample, pair_token_lengths
 from slmforge.errors import MissingDependencyError, ModelError
 
 PERCENTILES = (50, 90, 95, 99)
@@ -122,7 +124,7 @@ def token_stats(lengths: Sequence[int]) -> TokenStats:
     )
 
 
-def repeated_prompt_count(examples: Sequence[Example]) -> int:
+def repeated_prompt_count(examples: Sequence[Example] | Sequence[PreferenceExample]) -> int:
     counts = Counter(e.prompt_key() for e in examples)
     return sum(n - 1 for n in counts.values())
 
@@ -154,3 +156,61 @@ def compute_stats(examples: Sequence[Example], tokenizer: Any | None = None) -> 
     if tokenizer is not None and examples:
         stats.tokens = token_stats(token_lengths(examples, tokenizer))
     return stats
+
+
+# -- preference pairs ---------------------------------------------------------------------------
+@dataclass
+class PairStats:
+    pairs: int
+    prompt_turns: Summary  # prompt messages without the system message
+    characters: dict[str, Summary]  # prompt, chosen, rejected
+    repeated_prompts: int  # pairs whose prompt already appeared earlier in the file
+    repeated_prompt_share: float  # repeated_prompts / pairs
+    chosen_rejected_ratio: float  # mean of chosen/rejected answer length (tokens, else chars)
+    system_messages: int
+    tool_pairs: int  # pairs that declare tools or call them
+    tokens: dict[str, TokenStats] | None = None  # prompt, chosen, rejected answers; longest side
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(m["content"]) for m in messages)
+
+
+def compute_pair_stats(
+    pairs: Sequence[PreferenceExample], tokenizer: Any | None = None
+) -> PairStats:
+    """Stats of preference pairs; token stats only when a tokenizer is given. With tokens the
+    chosen/rejected ratio is of answer tokens, else of answer characters."""
+    chosen = [_chars(p.chosen) for p in pairs]
+    rejected = [_chars(p.rejected) for p in pairs]
+    tokens = None
+    if tokenizer is not None and pairs:
+        lengths = pair_token_lengths(list(pairs), tokenizer)
+        chosen = [t.chosen_answer for t in lengths]
+        rejected = [t.rejected_answer for t in lengths]
+        tokens = {
+            "prompt": token_stats([t.prompt for t in lengths]),
+            "chosen": token_stats(chosen),
+            "rejected": token_stats(rejected),
+            "longest_side": token_stats([max(t.chosen, t.rejected) for t in lengths]),
+        }
+    ratios = [c / max(r, 1) for c, r in zip(chosen, rejected, strict=True)]
+    repeated = repeated_prompt_count(pairs)
+    return PairStats(
+        pairs=len(pairs),
+        prompt_turns=Summary.of([len(p.prompt_turns()) for p in pairs]),
+        characters={
+            "prompt": Summary.of([_chars(p.prompt) for p in pairs]),
+            "chosen": Summary.of([_chars(p.chosen) for p in pairs]),
+            "rejected": Summary.of([_chars(p.rejected) for p in pairs]),
+        },
+        repeated_prompts=repeated,
+        repeated_prompt_share=round(repeated / len(pairs), 4) if pairs else 0.0,
+        chosen_rejected_ratio=round(sum(ratios) / len(ratios), 3) if ratios else 0.0,
+        system_messages=sum(p.system is not None for p in pairs),
+        tool_pairs=sum(p.uses_tools for p in pairs),
+        tokens=tokens,
+    )

@@ -35,7 +35,7 @@ from slmforge.data.resumable import (
     repair_last_line,
     save_state,
 )
-from slmforge.errors import InputError, Interrupted, RemoteError
+from slmforge.errors import ConfigError, InputError, Interrupted, RemoteError
 from slmforge.runtime.engine import Engine, GenParams, Message, complete
 
 STATE_SUFFIX = ".synth.json"
@@ -88,10 +88,12 @@ def state_path_for(out: str | Path) -> Path:
 
 def synthesize(config: SynthConfig, engine: Engine | None = None) -> SynthResult:
     """Write `config.count` new unique prompt/response rows to `config.out`."""
+    if config.pairs or config.seed_data is None:
+        raise ConfigError("synthesize writes examples from seed data; pairs: synthesize_pairs")
     out, state_path = Path(config.out), state_path_for(config.out)
     check_resumable_output(config.resume, config.force, out, state_path)
     seeds = load_seed_pairs(config.seed_data)
-    options = _identity(config)
+    options = _identity(config, config.seed_data)
     state = _load_state(state_path, options) if config.resume else None
     if engine is None:
         from slmforge.runtime.specs import load_engine
@@ -383,9 +385,9 @@ def _parse_row(line: str | bytes) -> Pair | None:
     return None if isinstance(checked, str) else checked
 
 
-def _identity(config: SynthConfig) -> dict[str, Any]:
+def _identity(config: SynthConfig, seed_data: Path) -> dict[str, Any]:
     options = {name: getattr(config, name) for name in _IDENTITY_OPTIONS}
-    options["seed_data_sha256"] = source_of(config.seed_data).sha256
+    options["seed_data_sha256"] = source_of(seed_data).sha256
     return options
 
 

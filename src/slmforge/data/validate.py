@@ -1,5 +1,6 @@
 """Check data files before training: every problem with its file, line, field and what was
-expected.
+expected. Preference pair files (`data/preference.py`) are checked too: the files are read as
+pairs when the first one holds pairs, and the rules below see pairs instead of examples.
 
 Record-level errors (bad JSON, bytes that are not UTF-8, missing or empty fields, unknown roles,
 wrong role order, no final assistant turn) come from reading, see `formats.py`. The rules here
@@ -19,20 +20,31 @@ from typing import Any
 from slmforge.artifacts import atomic_file, check_output
 from slmforge.config.data import ReadOptions, ValidateConfig
 from slmforge.data.formats import Example, read_with_findings
+from slmforge.data.preference import (
+    PreferenceExample,
+    is_preference_file,
+    pair_token_lengths,
+    prompt_room_findings,
+    read_preference_with_findings,
+)
 from slmforge.data.writing import write_examples
 from slmforge.errors import ConfigError, DataError, Finding
 
 _MAX_LINES_SHOWN = 10
 
 
+Row = Example | PreferenceExample
+
+
 @dataclass
 class RuleContext:
-    """What the dataset rules see: the valid examples of each file, in the order given."""
+    """What the dataset rules see: the valid examples (or pairs) of each file, in order."""
 
-    examples: dict[str, list[Example]]
+    examples: dict[str, list[Row]]
     max_seq_len: int
     min_examples: int
     tokenizer: Any | None = None
+    pairs: bool = False  # the rows are preference pairs
     _keys: dict[str, list[str]] = field(default_factory=dict)
 
     def prompt_keys(self, file: str) -> list[str]:
@@ -71,16 +83,23 @@ def _repeats(keys: Iterable[Any], examples: list[Example]) -> list[list[Example]
     return [group for group in grouped.values() if len(group) > 1]
 
 
-def _exact(example: Example) -> str:
-    """The whole example (tool calls and definitions included, call ids left out: they may be
-    assigned per line) as one comparable string."""
+def _exact(example: Row) -> str:
+    """The whole example or pair (tool calls and definitions included, call ids left out: they
+    may be assigned per line) as one comparable string."""
+    if isinstance(example, PreferenceExample):
+        parts = (example.prompt, example.chosen, example.rejected)
+    else:
+        parts = (example.messages,)
     messages = [
-        {
-            "role": m["role"],
-            "content": m["content"],
-            "calls": [c["function"] for c in m.get("tool_calls") or []],
-        }
-        for m in example.messages
+        [
+            {
+                "role": m["role"],
+                "content": m["content"],
+                "calls": [c["function"] for c in m.get("tool_calls") or []],
+            }
+            for m in part
+        ]
+        for part in parts
     ]
     return json.dumps([messages, example.tools], sort_keys=True, ensure_ascii=False)
 
@@ -97,7 +116,10 @@ def identical_pairs(ctx: RuleContext) -> Iterable[Finding]:
 
 @dataset_rule("repeated_prompt")
 def repeated_prompts(ctx: RuleContext) -> Iterable[Finding]:
-    """The same prompt with different answers: the model is taught two things at once."""
+    """The same prompt with different answers: the model is taught two things at once. (Not
+    for pairs: several pairs per prompt is how preference data is made.)"""
+    if ctx.pairs:
+        return
     for file, examples in ctx.examples.items():
         for group in _repeats(ctx.prompt_keys(file), examples):
             if len({_exact(e) for e in group}) > 1:
@@ -114,6 +136,9 @@ def too_long(ctx: RuleContext) -> Iterable[Finding]:
     """Examples the trainer would truncate, cutting off (part of) the answer."""
     if ctx.tokenizer is None:
         return
+    if ctx.pairs:
+        yield from _pairs_too_long(ctx)
+        return
     from slmforge.data.stats import token_lengths
 
     for examples in ctx.examples.values():
@@ -128,15 +153,35 @@ def too_long(ctx: RuleContext) -> Iterable[Finding]:
                 )
 
 
+def _pairs_too_long(ctx: RuleContext) -> Iterable[Finding]:
+    """Pairs whose prompt leaves no room for an answer (an error: nothing to compare), and
+    sides the trainer would truncate (a warning)."""
+    for rows in ctx.examples.values():
+        pairs = [r for r in rows if isinstance(r, PreferenceExample)]
+        yield from prompt_room_findings(pairs, ctx.tokenizer, ctx.max_seq_len)
+        for pair, tokens in zip(pairs, pair_token_lengths(pairs, ctx.tokenizer), strict=True):
+            longest = max(tokens.chosen, tokens.rejected)
+            if tokens.prompt < ctx.max_seq_len < longest:
+                side = "chosen" if tokens.chosen >= tokens.rejected else "rejected"
+                yield _warning(
+                    pair,
+                    pair.answer_field(side),
+                    f"prompt + {side} is {longest} tokens, longer than --max-seq-len "
+                    f"{ctx.max_seq_len} (training would truncate the answer)",
+                    "too_long",
+                )
+
+
 @dataset_rule("few_examples")
 def few_examples(ctx: RuleContext) -> Iterable[Finding]:
     for file, examples in ctx.examples.items():
         if 0 < len(examples) < ctx.min_examples:
+            noun = "pairs" if ctx.pairs else "examples"
             yield Finding(
                 file,
                 None,
                 None,
-                f"only {len(examples)} examples (fewer than --min-examples {ctx.min_examples})",
+                f"only {len(examples)} {noun} (fewer than --min-examples {ctx.min_examples})",
                 "warning",
                 "few_examples",
             )
@@ -168,6 +213,7 @@ class ValidationReport:
     findings: list[Finding]
     examples: dict[str, int]
     dropped_lines: list[int] = field(default_factory=list)
+    noun: str = "examples"  # what the files hold: examples or pairs
 
     @property
     def errors(self) -> list[Finding]:
@@ -209,24 +255,28 @@ def validate_files(
     min_examples: int = 10,
 ) -> tuple[ValidationReport, dict[str, list[Example]]]:
     """Read and check `files` (train first); `tokenizer` is a loaded tokenizer or a name.
+    The files are read as preference pairs when the first one holds pairs.
 
-    Returns the report and the valid examples of each file."""
+    Returns the report and the valid examples (or pairs) of each file."""
     if isinstance(tokenizer, str):
         from slmforge.data.stats import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
+    pairs = bool(files) and Path(files[0]).exists() and is_preference_file(files[0], options)
+    read = read_preference_with_findings if pairs else read_with_findings
     findings: list[Finding] = []
-    examples: dict[str, list[Example]] = {}
+    examples: dict[str, list[Row]] = {}
     for path in files:
-        valid, problems = read_with_findings(path, options)
-        examples[str(path)] = valid
+        valid, problems = read(path, options)
+        examples[str(path)] = list(valid)
         findings.extend(problems)
-    ctx = RuleContext(examples, max_seq_len, min_examples, tokenizer)
+    ctx = RuleContext(examples, max_seq_len, min_examples, tokenizer, pairs)
     for rule in DATASET_RULES.values():
         findings.extend(rule(ctx))
     order = {file: i for i, file in enumerate(examples)}
     findings.sort(key=lambda f: (order.get(f.file, len(order)), f.line or 0))
-    return ValidationReport(findings, {k: len(v) for k, v in examples.items()}), examples
+    counts = {k: len(v) for k, v in examples.items()}
+    return ValidationReport(findings, counts, noun="pairs" if pairs else "examples"), examples
 
 
 def _check_outputs(config: ValidateConfig) -> None:
@@ -266,9 +316,23 @@ def run_validate(config: ValidateConfig) -> ValidationReport:
     if config.report is not None:
         write_report(report, config.report, config.force)
     if config.drop_invalid and config.out is not None:
-        valid = examples[str(config.files[0])]
+        report.dropped_lines = sorted({f.line for f in report.errors if f.line is not None})
+        dropped = set(report.dropped_lines)
+        valid = [e for e in examples[str(config.files[0])] if e.line not in dropped]
         if not valid:
             raise DataError(report.errors, summary=f"{config.files[0]}: no valid examples to keep")
-        report.dropped_lines = sorted({f.line for f in report.errors if f.line is not None})
-        write_examples(valid, config.out, config.output_format, force=config.force)
+        _write_clean_copy(valid, config.out, config)
     return report
+
+
+def _write_clean_copy(valid: list[Row], out: Path, config: ValidateConfig) -> None:
+    pairs = [r for r in valid if isinstance(r, PreferenceExample)]
+    if not pairs:
+        examples = [r for r in valid if isinstance(r, Example)]
+        write_examples(examples, out, config.output_format, force=config.force)
+        return
+    from slmforge.data.preference_write import pair_output_format, write_pairs
+
+    explicit = "output_format" in config.model_fields_set
+    fmt = pair_output_format(config.output_format, explicit)
+    write_pairs(pairs, out, fmt, force=config.force)

@@ -10,7 +10,7 @@ from typing import Any
 
 from slmforge import progress
 from slmforge.artifacts import atomic_file, check_output
-from slmforge.config.data import ConvertConfig, ReadOptions
+from slmforge.config.data import PAIR_OUTPUT_FORMATS, ConvertConfig, ReadOptions
 from slmforge.data.formats import Example, read_examples
 from slmforge.errors import ConfigError, DataError, Finding, InputError
 
@@ -38,14 +38,14 @@ def _with_meta(example: Example, row: dict[str, Any]) -> dict[str, Any]:
 
 @register_writer("messages")
 def _to_messages(example: Example, template: str | None) -> dict[str, Any]:
-    messages = [_openai_message(m) for m in example.messages]
+    messages = [openai_message(m) for m in example.messages]
     row: dict[str, Any] = {"messages": messages}
     if example.tools:
         row["tools"] = example.tools
     return _with_meta(example, row)
 
 
-def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+def openai_message(message: dict[str, Any]) -> dict[str, Any]:
     """As OpenAI writes it: an assistant message that only calls tools has content null."""
     out = dict(message)
     if out.get("tool_calls") and not out["content"]:
@@ -126,10 +126,23 @@ def write_examples(
 
 
 def run_convert(config: ConvertConfig) -> tuple[Path, int]:
-    """`slmforge data convert`: read any format, write one; returns the path and the count."""
+    """`slmforge data convert`: read any format, write one; returns the path and the count.
+    A preference file converts between pair formats (`data/preference_write.py`)."""
+    from slmforge.data.preference import is_preference_file
     from slmforge.data.templates import check_template
 
+    check_output(config.out, config.force)
+    options = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
+    if config.input.exists() and is_preference_file(config.input, options):
+        from slmforge.data.preference_write import run_convert_pairs
+
+        return run_convert_pairs(config)
     fmt = config.output_format
+    if fmt in PAIR_OUTPUT_FORMATS:
+        raise ConfigError(
+            f"--output-format {fmt} writes preference pairs, but {config.input} holds "
+            "supervised examples; use messages, prompt_response or text"
+        )
     if config.text_template is not None:
         if "output_format" in config.model_fields_set and fmt != "text":
             raise ConfigError(
@@ -138,8 +151,6 @@ def run_convert(config: ConvertConfig) -> tuple[Path, int]:
         fmt = "text"
     if fmt == "text":
         check_template(config.text_template)
-    check_output(config.out, config.force)
-    options = ReadOptions(**config.model_dump(include=set(ReadOptions.model_fields)))
     examples = read_examples(config.input, options)
     return write_examples(examples, config.out, fmt, config.text_template, config.force), len(
         examples
