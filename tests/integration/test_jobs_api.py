@@ -173,7 +173,7 @@ def test_bad_requests_are_openai_errors(serve_jobs, sample, tiny_llama, tmp_path
     cases = {
         "hyperparameters.lora_rank": {"hyperparameters": {"lora_rank": 8}},
         "hyperparameters.n_epochs": {"hyperparameters": {"n_epochs": -1}},
-        "method": {"method": {"type": "dpo"}},
+        "method": {"method": {"type": "reinforcement"}},
     }
     for param, extra in cases.items():
         with pytest.raises(openai.BadRequestError) as raised:

@@ -91,9 +91,20 @@ def create(
     n_epochs: str = typer.Option("auto", "--n-epochs", help="Passes over the data, or auto."),
     batch_size: str = typer.Option("auto", "--batch-size", help="Batch size, or auto."),
     lr_multiplier: str = typer.Option("auto", "--learning-rate-multiplier", help="Or auto."),
-    method: str = typer.Option("supervised", "--method", help="supervised, lora, dora, full."),
+    method: str = typer.Option(
+        "supervised",
+        "--method",
+        help="method.type: supervised or dpo (OpenAI's), orpo or simpo (slmforge's), or a "
+        "fine-tuning method (lora, dora, qlora, full: supervised).",
+    ),
+    beta: str | None = typer.Option(
+        None, "--beta", help="dpo/simpo: preference strength, or auto (0.1 for dpo)."
+    ),
     hyper: list[str] = typer.Option(
-        [], "--hyperparameter", "-H", help="KEY=VALUE of a slmforge option (lora_r=8)."
+        [],
+        "--hyperparameter",
+        "-H",
+        help="KEY=VALUE of a slmforge option (lora_r=8, finetune_method=dora, orpo_lambda=0.2).",
     ),
     wait: bool = typer.Option(False, "--wait", help="Print events until the job ends."),
     base_url: str | None = BaseUrl,
@@ -108,6 +119,8 @@ def create(
         "batch_size": _value(batch_size),
         "learning_rate_multiplier": _value(lr_multiplier),
     }
+    if beta is not None:
+        hyperparameters["beta"] = _value(beta)
     for item in hyper:
         key, sep, value = item.partition("=")
         if not sep:

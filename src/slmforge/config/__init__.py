@@ -39,7 +39,8 @@ def _error_line(
 ) -> str:
     loc = tuple(error["loc"])
     if not loc and error["type"] == "value_error":  # a model validator names its fields itself
-        return f"{prefix}{error['msg'].removeprefix('Value error, ')}"
+        sep = ": " if prefix and not prefix.endswith(": ") else ""  # after a YAML path
+        return f"{prefix}{sep}{error['msg'].removeprefix('Value error, ')}"
     label = _field_label(loc, prefix, option_keys)
     if error["type"] == "extra_forbidden":
         known = _known_fields(model, loc[:-1])

@@ -11,6 +11,7 @@ from slmforge.config import StrictModel
 from slmforge.config.data import ReadOptions
 from slmforge.config.methods import (
     FINETUNE_METHODS,
+    OBJECTIVES,
     MethodName,
     ObjectiveName,
     get_finetune_method,
@@ -119,11 +120,24 @@ class FinetuneConfig(ReadOptions):
             raise ValueError("--resume and --force contradict each other; pick one")
         return self
 
-
     @property
     def effective_beta(self) -> float | None:
         """--beta, or the objective's default (None for objectives without one)."""
         return self.beta if self.beta is not None else get_objective(self.objective).default_beta
+
+
+def objective_options(objective: str) -> tuple[str, ...]:
+    """The FinetuneConfig fields only `objective` reads: `beta` where it has a default beta,
+    and the fields named after it (`orpo_lambda`, `simpo_gamma`). The jobs API and `tune`
+    refuse them for any other objective instead of ignoring them."""
+    beta = ("beta",) if get_objective(objective).default_beta is not None else ()
+    own = tuple(n for n in FinetuneConfig.model_fields if n.startswith(f"{objective}_"))
+    return beta + own
+
+
+def objective_takers(option: str) -> list[str]:
+    """The objectives that read `option` (empty: an option of every objective)."""
+    return [name for name in OBJECTIVES if option in objective_options(name)]
 
 
 class MergeConfig(StrictModel):

@@ -31,7 +31,10 @@ class TuneConfig(StrictModel):
         "median", description="Stop bad trials early from their intermediate eval loss."
     )
     objective: str = Field(
-        "eval_loss", description="eval_loss, or a `slmforge eval` metric (e.g. rougeL)."
+        "eval_loss",
+        description="eval_loss; eval_reward_accuracy or eval_reward_margin for a preference "
+        "objective (dpo, orpo, simpo in --base-config); or a `slmforge eval` metric (e.g. "
+        "rougeL) for sft.",
     )
     objective_rows: int = Field(
         50, gt=0, description="Eval rows answered per trial for a metric objective."

@@ -5,8 +5,9 @@ the official `openai` client (`client.files.create`, `client.fine_tuning.jobs.cr
 drives it unchanged. Requests only read and write the store (`store.py`); training happens in
 worker processes (`worker.py`), never in this process. `http.Guard` checks keys and the body
 limit before a route or the multipart parser reads anything. Uploaded training data is
-validated with `slmforge data validate`'s checks; a file with errors is kept with status `error`
-and its line-numbered findings, and a job that names it is refused at creation.
+validated with `slmforge data validate`'s checks, or, for preference pairs (OpenAI's DPO rows,
+TRL's prompt/chosen/rejected), with the pair reader's; a file with errors is kept with status
+`error` and its line-numbered findings, and a job that names it is refused at creation.
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ from fastapi.responses import HTMLResponse, Response
 from slmforge import __version__
 from slmforge.config.jobs import JobsServeConfig
 from slmforge.config.methods import OBJECTIVES
-from slmforge.errors import SlmforgeError
+from slmforge.errors import DataError, Finding, SlmforgeError
 from slmforge.http import errors
 from slmforge.http.auth import ApiKeys
 from slmforge.http.errors import APIError
 from slmforge.http.guard import Guard, GuardPolicy
 from slmforge.http.ids import new_id
-from slmforge.jobs.spec import SUFFIX, JobRequest, build_config, model_name, resolve_model
+from slmforge.jobs.spec import (
+    OPENAI_HYPERPARAMETERS,
+    SUFFIX,
+    JobRequest,
+    build_config,
+    model_name,
+    resolve_model,
+)
 from slmforge.jobs.store import SUFFIXES, Job, JobStore
 
 # the dashboard page holds no data; its API calls carry the key the user types in
@@ -79,7 +87,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "status": job.status,
         "validation_file": job.validation_file,
         "training_file": job.training_file,
-        "hyperparameters": hyper,
+        "hyperparameters": {k: hyper[k] for k in OPENAI_HYPERPARAMETERS if k in hyper},
         "trained_tokens": job.trained_tokens,
         "error": job.error,
         "user_provided_suffix": job.suffix,
@@ -127,22 +135,43 @@ def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 # -- files -------------------------------------------------------------------------------------
 def validate_upload(path: Path, filename: str) -> tuple[str, str | None, int]:
-    """(status, status_details, valid examples) of an uploaded training file."""
+    """(status, status_details, valid examples or pairs) of an uploaded training file."""
+    from slmforge.data.preference import is_preference_file
     from slmforge.data.validate import validate_files
 
     try:
+        if is_preference_file(path):
+            return _validate_pairs(path, filename)
         report, examples = validate_files([path], min_examples=1)
     except SlmforgeError as exc:
         return "error", str(exc).replace(str(path), filename), 0
     count = len(examples[str(path)])
     if report.ok and count:
         return "processed", None, count
-    shown = [dataclasses.replace(f, file=filename) for f in report.errors[:MAX_FINDINGS_SHOWN]]
-    lines = [str(f) for f in shown] or [f"{filename}: no valid examples"]
-    more = len(report.errors) - len(shown)
+    return "error", _details(report.errors, filename, "examples"), count
+
+
+def _validate_pairs(path: Path, filename: str) -> tuple[str, str | None, int]:
+    from slmforge.data.preference import read_preference_examples
+
+    try:
+        pairs = read_preference_examples(path, None)
+    except DataError as exc:
+        errors = [f for f in exc.findings if f.severity == "error"] or exc.findings
+        return "error", _details(errors, filename, "pairs"), 0
+    if not pairs:
+        return "error", f"{filename}: no valid pairs", 0
+    return "processed", None, len(pairs)
+
+
+def _details(errors: list[Finding], filename: str, rows: str) -> str:
+    """The first errors, one a line, named by the upload's file name (not the blob's path)."""
+    shown = [dataclasses.replace(f, file=filename) for f in errors[:MAX_FINDINGS_SHOWN]]
+    lines = [str(f) for f in shown] or [f"{filename}: no valid {rows}"]
+    more = len(errors) - len(shown)
     if more > 0:
         lines.append(f"... and {more} more errors")
-    return "error", "\n".join(lines), count
+    return "\n".join(lines)
 
 
 def _file_or_404(state: JobsState, file_id: str, param: str = "file_id") -> dict[str, Any]:

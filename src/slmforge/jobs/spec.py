@@ -6,10 +6,18 @@ or "auto") map onto `FinetuneConfig` fields; slmforge's own training options (`l
 `slmforge finetune`'s options. Everything validates through `FinetuneConfig`, so a bad value is
 a 400 that names the field, as in the CLI. Total steps (the events' "step n/total") and the
 per-epoch checkpoints count rows as the trainer does: with `packing`, the packed rows.
+
+`method.type` names the objective as OpenAI does ("supervised", "dpo"; slmforge adds "orpo"
+and "simpo"), each with its own hyperparameters (`beta`; `orpo_lambda`, `simpo_gamma`), and
+the fine-tuning method as the extension hyperparameter `finetune_method` (lora, dora, qlora,
+full; default lora). slmforge's method names as types ("lora", "dora", ...) train supervised.
+A file whose rows have the other shape (supervised examples for a pair objective, pairs for
+supervised) is refused here, with its first such line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import secrets
@@ -19,8 +27,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmforge.config import validate
-from slmforge.config.finetune import FinetuneConfig
-from slmforge.config.methods import FINETUNE_METHODS, OBJECTIVES
+from slmforge.config.finetune import FinetuneConfig, objective_options, objective_takers
+from slmforge.config.methods import FINETUNE_METHODS, OBJECTIVES, get_objective
 from slmforge.errors import ConfigError, SlmforgeError
 from slmforge.http.errors import APIError
 from slmforge.jobs.store import JobStore
@@ -35,6 +43,14 @@ def request_methods() -> dict[str, tuple[str, str]]:
     live in `config/methods.py`."""
     by_objective = {o.openai_type: ("lora", o.name) for o in OBJECTIVES.values()}
     return by_objective | {m: (m, "sft") for m in FINETUNE_METHODS}
+
+
+# OpenAI's hyperparameters of every method type (the job's top-level `hyperparameters`)
+OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+# the extension that picks the fine-tuning method under an objective's type
+FINETUNE_METHOD = "finetune_method"
+# options only some objectives read: beta, orpo_lambda, simpo_gamma
+OBJECTIVE_OPTIONS = sorted({n for o in OBJECTIVES for n in objective_options(o)})
 
 
 # slmforge options a request may set beside the OpenAI hyperparameters.
@@ -61,7 +77,11 @@ EXTENSIONS = {
     "precision",
     "gradient_checkpointing",
 }
-OPENAI_NAMES = {"epochs": "n_epochs", "lr": "learning_rate_multiplier"}
+OPENAI_NAMES = {
+    "epochs": "n_epochs",
+    "lr": "learning_rate_multiplier",
+    "method": FINETUNE_METHOD,
+}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -123,12 +143,12 @@ def model_name(base: str, suffix: str | None, job_id: str) -> str:
     return f"ft:{label}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def _hyperparameters(request: JobRequest) -> tuple[dict[str, Any], tuple[str, str], str]:
-    """(hyperparameters, (training method, objective), the request field they came from)."""
+def _hyperparameters(request: JobRequest) -> tuple[dict[str, Any], str, str]:
+    """(hyperparameters, method.type, the request field they came from)."""
     hyper = dict(request.hyperparameters or {})
     methods = request_methods()
     if request.method is None:
-        return hyper, methods["supervised"], "hyperparameters"
+        return hyper, "supervised", "hyperparameters"
     kind = request.method.get("type")
     if kind not in methods:
         known = ", ".join(methods)
@@ -145,7 +165,51 @@ def _hyperparameters(request: JobRequest) -> tuple[dict[str, Any], tuple[str, st
             "Give hyperparameters either at the top level or in method, not both.",
             "hyperparameters",
         )
-    return nested or hyper, methods[kind], f"method.{kind}.hyperparameters"
+    return nested or hyper, kind, f"method.{kind}.hyperparameters"
+
+
+def _method_and_objective(hyper: dict[str, Any], kind: str, where: str) -> tuple[str, str]:
+    """(fine-tuning method, objective) of a request, after checking that each hyperparameter
+    is known and applies to the objective its type names."""
+    method, objective = request_methods()[kind]
+    known = {*OPENAI_HYPERPARAMETERS, FINETUNE_METHOD, *OBJECTIVE_OPTIONS} | EXTENSIONS
+    for name in hyper:
+        if name not in known:
+            raise _bad(
+                f"Unrecognized hyperparameter {where}.{name} (known: {', '.join(sorted(known))})",
+                f"{where}.{name}",
+            )
+        if name in OBJECTIVE_OPTIONS and name not in objective_options(objective):
+            takers = ", ".join(OBJECTIVES[o].openai_type for o in objective_takers(name))
+            raise _bad(
+                f"{where}.{name} does not apply to method type {kind} (it applies to {takers}).",
+                f"{where}.{name}",
+            )
+    if FINETUNE_METHOD in hyper:
+        if kind in FINETUNE_METHODS:
+            types = ", ".join(o.openai_type for o in OBJECTIVES.values())
+            raise _bad(
+                f"method type {kind} already names the fine-tuning method; give "
+                f"{FINETUNE_METHOD} with method type {types}.",
+                f"{where}.{FINETUNE_METHOD}",
+            )
+        method = _auto(hyper[FINETUNE_METHOD], method)
+    return method, objective
+
+
+def check_file_shapes(
+    files: dict[str, dict[str, Any]], store: JobStore, objective: str, kind: str
+) -> None:
+    """A 400 naming the first line of a training or validation file whose rows have the wrong
+    shape for the objective: supervised examples for DPO, pairs for supervised."""
+    from slmforge.data.preference import shape_mismatch
+
+    want = "pairs" if get_objective(objective).pairs else "examples"
+    for param, row in files.items():
+        finding = shape_mismatch(store.file_path(row), want)
+        if finding is not None:
+            finding = dataclasses.replace(finding, file=row["filename"])
+            raise _bad(f"invalid {param} for a {kind} job: {finding}", param, f"invalid_{param}")
 
 
 def _auto(value: Any, default: Any) -> Any:
@@ -161,15 +225,11 @@ def build_config(
     out: Path,
     device: str,
 ) -> tuple[FinetuneConfig, dict[str, Any], int]:
-    """(the validated FinetuneConfig, the job's OpenAI hyperparameters, total steps)."""
-    hyper, (method, objective), where = _hyperparameters(request)
-    known = {"n_epochs", "batch_size", "learning_rate_multiplier"} | EXTENSIONS
-    for name in hyper:
-        if name not in known:
-            raise _bad(
-                f"Unrecognized hyperparameter {where}.{name} (known: {', '.join(sorted(known))})",
-                f"{where}.{name}",
-            )
+    """(the validated FinetuneConfig, the job's hyperparameters as its `method` reports
+    them, total steps)."""
+    hyper, kind, where = _hyperparameters(request)
+    method, objective = _method_and_objective(hyper, kind, where)
+    check_file_shapes(files, store, objective, kind)
     examples = files["training_file"]["examples"]
     batch = _auto(hyper.get("batch_size"), min(8, max(1, examples // 10)))
     epochs = _auto(hyper.get("n_epochs"), DEFAULT_EPOCHS)
@@ -189,13 +249,15 @@ def build_config(
         "samples": 0,
         "device": device,
         **{k: v for k, v in hyper.items() if k in EXTENSIONS},
+        **{k: v for k, v in hyper.items() if k in OBJECTIVE_OPTIONS and v != "auto"},
     }
     if "validation_file" in files:
         values["eval_data"] = str(store.file_path(files["validation_file"]))
     per_step = values["batch_size"] * values.get("grad_accum", 1)
     if isinstance(per_step, int) and examples < per_step:
+        rows = "pairs" if get_objective(objective).pairs else "examples"
         raise _bad(
-            f"The training file has {examples} examples, fewer than one batch "
+            f"The training file has {examples} {rows}, fewer than one batch "
             f"(batch_size {per_step}).",
             f"{where}.batch_size",
         )
@@ -204,6 +266,8 @@ def build_config(
     if cfg.save_every is None and total > steps_per_epoch:
         cfg.save_every = steps_per_epoch  # a checkpoint per epoch, as OpenAI keeps them
     public = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": multiplier}
+    for name in objective_options(objective):  # as resolved: beta "auto" -> its default
+        public[name] = cfg.effective_beta if name == "beta" else getattr(cfg, name)
     return cfg, public, total
 
 

@@ -47,6 +47,10 @@ METRIC_COLUMNS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
 )
+# What preference objectives (DPO, ORPO, SimPO) log beside the loss, in metrics.jsonl as
+# `reward_accuracy` / `eval_reward_accuracy`, in events and results as `train_...` / `valid_...`.
+PAIR_METRICS = ("reward_accuracy", "reward_margin", "chosen_logp", "rejected_logp")
+PAIR_COLUMNS = tuple(f"{side}_{name}" for side in ("train", "valid") for name in PAIR_METRICS)
 # Columns of OpenAI's results file that repeat a metric under another name.
 CSV_ALIASES = {
     "train_accuracy": "train_mean_token_accuracy",
@@ -59,12 +63,15 @@ def openai_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """A `metrics.jsonl` record's values under the names OpenAI's events, checkpoints and
     results file use (a record holds training or validation figures, or both)."""
     named: dict[str, Any] = {}
-    if "loss" in record:
-        named["train_loss"] = record["loss"]
-        named["train_mean_token_accuracy"] = record["token_accuracy"]
-    if "eval_loss" in record:
-        named["valid_loss"] = record["eval_loss"]
-        named["valid_mean_token_accuracy"] = record["eval_token_accuracy"]
+    for side, prefix in (("train", ""), ("valid", "eval_")):
+        if f"{prefix}loss" not in record:
+            continue
+        named[f"{side}_loss"] = record[f"{prefix}loss"]
+        if f"{prefix}token_accuracy" in record:
+            named[f"{side}_mean_token_accuracy"] = record[f"{prefix}token_accuracy"]
+        for name in PAIR_METRICS:
+            if f"{prefix}{name}" in record:
+                named[f"{side}_{name}"] = record[f"{prefix}{name}"]
     return named
 
 
@@ -210,15 +217,17 @@ def _tail(log: Path) -> str:
     return " | ".join(lines[-LOG_LINES_IN_ERROR:])[:1000]
 
 
-def metrics_csv(records: list[dict[str, Any]]) -> bytes:
-    """The step metrics as OpenAI's result file has them, one row per training step."""
+def metrics_csv(records: list[dict[str, Any]], pairs: bool = False) -> bytes:
+    """The step metrics as OpenAI's result file has them, one row per training step; a
+    preference (`pairs`) job's file has the reward and log-probability columns too."""
     rows: dict[int, dict[str, Any]] = {}
     for record in records:
         row = rows.setdefault(record["step"], {"step": record["step"]})
         row.update(openai_metrics(record))
         row.update({alias: row[name] for alias, name in CSV_ALIASES.items() if name in row})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, METRIC_COLUMNS, lineterminator="\n")
+    columns = METRIC_COLUMNS + PAIR_COLUMNS if pairs else METRIC_COLUMNS
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for step in sorted(rows):
         if step > 0:
@@ -285,13 +294,27 @@ class Watcher:
         data = {"step": step, "total_steps": total, **openai_metrics(record)}
         if "loss" in record:
             data["learning_rate"] = record.get("lr")
-            message = (
-                f"Step {step}/{total}: training loss={record['loss']:.4f}, "
-                f"token accuracy={record['token_accuracy']:.3f}"
+            message = f"Step {step}/{total}: training loss={record['loss']:.4f}" + _figures(
+                record, ""
             )
         else:
-            message = f"Step {step}/{total}: validation loss={record['eval_loss']:.4f}"
+            message = f"Step {step}/{total}: validation loss={record['eval_loss']:.4f}" + (
+                _figures(record, "eval_")
+            )
         self.store.add_event(self.job.id, message, data=data, kind="metrics")
+
+
+def _figures(record: dict[str, Any], prefix: str) -> str:
+    """What an event's message says beside the loss: the reward accuracy and margin of a
+    preference objective, else the token accuracy of a training step."""
+    if f"{prefix}reward_accuracy" in record:
+        return (
+            f", reward accuracy={record[f'{prefix}reward_accuracy']:.3f}, "
+            f"reward margin={record[f'{prefix}reward_margin']:.3f}"
+        )
+    if not prefix and "token_accuracy" in record:
+        return f", token accuracy={record['token_accuracy']:.3f}"
+    return ""
 
 
 def _watch(watcher: Watcher, done: threading.Event) -> None:
@@ -305,6 +328,7 @@ def _watch(watcher: Watcher, done: threading.Event) -> None:
 def run_job(store: JobStore, job_id: str) -> None:
     """Train one claimed job to the end, recording its events, checkpoints and result."""
     from slmforge.config.finetune import FinetuneConfig
+    from slmforge.config.methods import get_objective
     from slmforge.errors import SlmforgeError
     from slmforge.train import checkpoint as ckpt
     from slmforge.train.sft import finetune, work_dir
@@ -341,25 +365,40 @@ def run_job(store: JobStore, job_id: str) -> None:
     records = watcher.records
     final = max((r["step"] for r in records), default=0)
     watcher.checkpoint(final, Path(cfg.out))
-    results = store.add_file(metrics_csv(records), "step_metrics.csv", "fine-tune-results", ".csv")
+    pairs = get_objective(cfg.objective).pairs
+    results = store.add_file(
+        metrics_csv(records, pairs), "step_metrics.csv", "fine-tune-results", ".csv"
+    )
     store.succeed(job_id, job.fine_tuned_model_name, [results["id"]], _trained_tokens(cfg, final))
 
 
 def _trained_tokens(cfg: Any, steps: int) -> int:
-    """Tokens the run trained on: the data's tokens scaled to the rows its steps read."""
-    from slmforge.data.formats import read_examples
+    """Tokens the run trained on: the data's tokens scaled to the rows its steps read (a
+    preference pair is two sequences: the prompt with each answer)."""
+    from slmforge.config.methods import get_objective
     from slmforge.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    counts = []
-    for example in read_examples(cfg.data):
+    if get_objective(cfg.objective).pairs:
+        from slmforge.data.preference import read_preference_examples
+
+        rows = [
+            [p.chosen_messages, p.rejected_messages]
+            for p in read_preference_examples(cfg.data, cfg)
+        ]
+    else:
+        from slmforge.data.formats import read_examples
+
+        rows = [[e.messages] for e in read_examples(cfg.data, cfg)]
+
+    def tokens(messages: list[dict[str, Any]]) -> int:
         if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(example.messages, tokenize=False)
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
         else:
-            text = "\n".join(m["content"] for m in example.messages)
-        counts.append(
-            min(len(tokenizer(text, add_special_tokens=False)["input_ids"]), cfg.max_seq_len)
-        )
+            text = "\n".join(m["content"] for m in messages)
+        return min(len(tokenizer(text, add_special_tokens=False)["input_ids"]), cfg.max_seq_len)
+
+    counts = [sum(tokens(messages) for messages in row) for row in rows]
     per_row = sum(counts) / max(len(counts), 1)
     return int(per_row * steps * cfg.batch_size * cfg.grad_accum)
 

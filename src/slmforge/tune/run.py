@@ -1,7 +1,8 @@
 """`slmforge tune`: check -> study -> trials (local processes or Ray Tune) -> outputs.
 
 Everything that can be checked is checked before the first trial: the space against
-FinetuneConfig, the base config, the objective, a trial's full config, the inputs, and the
+FinetuneConfig and the training objective, the base config, the objective, a trial's full
+config, the inputs, and the
 --resume/--force rule. Then the study is created (or loaded and compared, on --resume) and the
 backend runs trials until the study holds `--trials` finished ones or `--timeout-s` passes.
 """
@@ -35,6 +36,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
         if not Path(path).exists():
             raise InputError(f"{option}: {path} not found")
     settings = make_settings(cfg, space.params)
+    space.check_objective(settings.finetune_objective)
     finetune_config(settings, _probe_point(space), Path(settings.config["out"]) / "probe")
     out = Path(settings.config["out"])
     url = studies.storage_url(out, cfg.storage)

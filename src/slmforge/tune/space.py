@@ -13,6 +13,10 @@ first:                 # trials to run before the sampler takes over (e.g. today
 Every name is a `FinetuneConfig` field and every value is checked against that field's type
 and limits up front, with the file and line in the error. Optuna only takes scalar choices, so a
 list choice travels as its comma-joined label (`q_proj,v_proj`) and is turned back here.
+
+A preference study (`objective: dpo|orpo|simpo` in the base config) may search its objective's
+own options (`beta`; `orpo_lambda`, `simpo_gamma`); `check_objective` refuses them for any
+other objective. The objective itself is fixed: losses of two objectives do not compare.
 """
 
 from __future__ import annotations
@@ -25,12 +29,17 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
 from slmforge.config import StrictModel, load_yaml
-from slmforge.config.finetune import FinetuneConfig
+from slmforge.config.finetune import FinetuneConfig, objective_options, objective_takers
 from slmforge.errors import ConfigError
 
 # fields a study may not vary: they say what is trained on what and where it goes
 FIXED_FIELDS = frozenset(
     {"model", "data", "eval_data", "out", "force", "resume", "nproc", "merge", "device"}
+)
+# why `objective` cannot be searched: eval_loss means a different loss for each objective
+OBJECTIVE_FIXED = (
+    "one objective per study (each has its own loss, so their eval_loss values do not "
+    "compare); set it in --base-config"
 )
 
 
@@ -76,9 +85,28 @@ DEFAULT_SPACE = {
 class Space:
     """A validated search space: `suggest(trial)` -> finetune option values."""
 
-    def __init__(self, params: dict[str, Param], first: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        params: dict[str, Param],
+        first: list[dict[str, Any]],
+        locations: dict[str, str] | None = None,
+    ) -> None:
         self.params = params
         self.first = first
+        self.locations = locations or {}  # name -> "space.yaml:3: ", for errors found later
+
+    def check_objective(self, objective: str) -> None:
+        """Refuse an objective's own option (beta, orpo_lambda, simpo_gamma) in a study of
+        another objective, where every trial would ignore or reject it."""
+        own = objective_options(objective)
+        for name in self.params:
+            takers = objective_takers(name)
+            if takers and name not in own:
+                raise ConfigError(
+                    f"{self.locations.get(name, '')}params.{name}: does not apply to objective "
+                    f"{objective} (it applies to {', '.join(takers)}); set `objective: "
+                    f"{takers[0]}` in --base-config to search it"
+                )
 
     def label(self, name: str, value: Any) -> Any:
         """What Optuna stores for `value` of `name` (lists as comma-joined strings)."""
@@ -159,7 +187,7 @@ def _validated(data: dict[str, Any], prefix: str, lines: dict[str, int]) -> Spac
         raise ConfigError(f"{at}{'.'.join(loc)}: {error['msg']}") from None
     for name, param in parsed.params.items():
         _check_param(name, param, where(name))
-    space = Space(parsed.params, parsed.first)
+    space = Space(parsed.params, parsed.first, {name: where(name) for name in parsed.params})
     for index, point in enumerate(parsed.first):
         _check_point(space, point, f"{where('first')}first[{index}]")
     return space
@@ -173,6 +201,8 @@ def _check_name(name: str, at: str) -> None:
         guess = difflib.get_close_matches(name, list(fields), n=1)
         hint = f", did you mean {guess[0]}?" if guess else ""
         raise ConfigError(f"{at}params.{name}: not a finetune option{hint}")
+    if name == "objective":
+        raise ConfigError(f"{at}params.objective: {OBJECTIVE_FIXED}")
     if name in FIXED_FIELDS:
         raise ConfigError(f"{at}params.{name}: fixed for the whole study, it cannot be searched")
 

@@ -113,7 +113,16 @@ def make_sampler(settings: Settings, space: Space, salt: int) -> Any:
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+
+        class AskTellGridSampler(optuna.samplers.GridSampler):
+            """Optuna's grid sampler calls `study.stop()` after the grid's last trial, which
+            raises outside `study.optimize`; our ask/tell loop stops at the grid's size itself
+            (`budget`)."""
+
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                return None
+
+        return AskTellGridSampler(space.grid(), seed=seed)
     startup = max(2, min(10, cfg.trials // 3))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 

@@ -26,6 +26,14 @@ from slmforge.config.tune import TuneConfig
 from slmforge.errors import ConfigError, RunError
 
 SETTINGS_ATTR = "slmforge_settings"
+# objectives read from the trial's own evaluations (metrics.jsonl), with their direction; the
+# reward figures exist only for preference objectives (dpo, orpo, simpo)
+TRAINING_OBJECTIVES = {
+    "eval_loss": "minimize",
+    "eval_reward_accuracy": "maximize",
+    "eval_reward_margin": "maximize",
+}
+PAIR_ONLY = frozenset({"eval_reward_accuracy", "eval_reward_margin"})
 STUDY_NAME = "slmforge-tune"
 # finetune options that a base config may not set: the study decides them
 _STUDY_OWNED = ("model", "data", "eval_data", "out", "force", "resume")
@@ -46,6 +54,11 @@ class Settings:
     @property
     def tune(self) -> TuneConfig:
         return TuneConfig.model_validate(self.config)
+
+    @property
+    def finetune_objective(self) -> str:
+        """The training objective of every trial (the base config's, default sft)."""
+        return self.base.get("objective") or FinetuneConfig.model_fields["objective"].default
 
     def to_attrs(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +90,8 @@ def make_settings(cfg: TuneConfig, space_params: dict[str, Any]) -> Settings:
     trial = trial_config_from(config, base, {}, Path(config["out"]) / "check")
     total = _estimate_steps(trial, space_params)
     eval_every = trial.eval_every or max(1, total // cfg.evals_per_trial)
-    return Settings(config, base, eval_every, total, _direction(cfg.objective))
+    direction = _direction(cfg.objective, trial.objective)
+    return Settings(config, base, eval_every, total, direction)
 
 
 def _base_options(path: Path | None) -> dict[str, Any]:
@@ -93,17 +107,31 @@ def _base_options(path: Path | None) -> dict[str, Any]:
     return base
 
 
-def _direction(objective: str) -> str:
-    if objective == "eval_loss":
-        return "minimize"
+def _direction(objective: str, finetune_objective: str) -> str:
+    """Whether the study minimizes or maximizes `objective` (what `tune --objective` names),
+    checked against the trials' training objective."""
+    from slmforge.config.methods import get_objective
     from slmforge.evaluate.metrics import METRICS
 
+    pairs = get_objective(finetune_objective).pairs
+    if objective in TRAINING_OBJECTIVES:
+        if objective in PAIR_ONLY and not pairs:
+            raise ConfigError(
+                f"--objective {objective}: only preference objectives log it; set "
+                "`objective: dpo` (or orpo, simpo) in --base-config, or use eval_loss"
+            )
+        return TRAINING_OBJECTIVES[objective]
     metric = METRICS.get(objective)
     if metric is None:
-        known = ", ".join(["eval_loss", *METRICS])
+        known = ", ".join([*TRAINING_OBJECTIVES, *METRICS])
         raise ConfigError(f"--objective {objective!r}: unknown (known: {known})")
     if metric.higher_is_better is None or not metric.needs_reference:
         raise ConfigError(f"--objective {objective}: not a quality metric with a reference")
+    if pairs:
+        raise ConfigError(
+            f"--objective {objective}: scores answers against reference examples; a "
+            f"{finetune_objective} study uses {', '.join(TRAINING_OBJECTIVES)}"
+        )
     return "maximize" if metric.higher_is_better else "minimize"
 
 
@@ -112,9 +140,16 @@ def _estimate_steps(trial: FinetuneConfig, space_params: dict[str, Any]) -> int:
     steps = _largest(space_params.get("max_steps")) or trial.max_steps
     if steps:
         return int(steps)
-    from slmforge.data.formats import read_examples
+    from slmforge.config.methods import get_objective
 
-    rows = len(read_examples(trial.data, trial))
+    if get_objective(trial.objective).pairs:
+        from slmforge.data.preference import read_preference_examples
+
+        rows = len(read_preference_examples(trial.data, trial))
+    else:
+        from slmforge.data.formats import read_examples
+
+        rows = len(read_examples(trial.data, trial))
     per_step = trial.batch_size * trial.grad_accum
     epochs = _largest(space_params.get("epochs")) or trial.epochs
     return max(1, math.ceil(epochs * max(rows // per_step, 1)))
@@ -166,16 +201,21 @@ def run_trial(
 
     out = trial_dir(settings, trial.number)
     cfg = finetune_config(settings, values, out)
-    # the pruner reads intermediate values in the study's direction: loss, negated to maximize
-    sign = -1.0 if settings.direction == "maximize" else 1.0
+    objective = settings.config["objective"]
+    # the pruner reads intermediate values in the study's direction: the objective itself when
+    # training logs it, else the eval loss (negated when the study maximizes a metric)
+    watched = objective if objective in TRAINING_OBJECTIVES else "eval_loss"
+    sign = -1.0 if watched == "eval_loss" and settings.direction == "maximize" else 1.0
 
     def on_eval(step: int, metrics: dict[str, float]) -> str | None:
         if deadline is not None and time.time() > deadline:
             raise BudgetReached(f"time budget reached at step {step}")
-        trial.report(sign * metrics["eval_loss"], step)
+        trial.report(sign * metrics[watched], step)
         if report is not None:
-            report({"step": step, "eval_loss": metrics["eval_loss"]})
-        return "pruned: eval loss worse than the pruner allows" if trial.should_prune() else None
+            report({"step": step, **{k: metrics[k] for k in dict.fromkeys(("eval_loss", watched))}})
+        if trial.should_prune():
+            return f"pruned: {watched.replace('_', ' ')} worse than the pruner allows"
+        return None
 
     from slmforge.train.sft import finetune, work_dir
 
@@ -192,9 +232,21 @@ def run_trial(
     if "stopped_early" in manifest.details:
         trial.set_user_attr("pruned_at_step", manifest.details["stopped_early"]["step"])
         raise optuna.TrialPruned(f"pruned at step {manifest.details['stopped_early']['step']}")
-    if settings.config["objective"] == "eval_loss":
+    if objective == "eval_loss":
         return float(manifest.metrics["eval_loss_final"])
+    if objective in TRAINING_OBJECTIVES:
+        return final_eval_value(out, objective)
     return metric_objective(settings, out)
+
+
+def final_eval_value(artifact: Path, name: str) -> float:
+    """The last evaluation's `name` (e.g. eval_reward_accuracy) in an artifact's metrics.jsonl."""
+    from slmforge.train.metrics import MetricsLog
+
+    values = [r[name] for r in MetricsLog(artifact / "metrics.jsonl").records() if name in r]
+    if not values:
+        raise RunError(f"{artifact}/metrics.jsonl: no evaluation logged {name}")
+    return float(values[-1])
 
 
 def metric_objective(settings: Settings, adapter: Path) -> float:
