@@ -1,9 +1,11 @@
 """GGUF export on the tiny models: parity with PyTorch per precision and family, LoRA adapter
 files against the merged PyTorch model, Ollama templates against the Hugging Face chat
-templates, and bad input."""
+templates, SentencePiece-style tokenizers as llama.cpp's SPM tokenizer (against llama.cpp
+itself when llama-cpp-python is installed), and bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -16,6 +18,7 @@ import pytest
 
 pytest.importorskip("gguf")
 
+from go_template import render_go
 from slmforge.artifacts import read_manifest
 from slmforge.config import validate
 from slmforge.config.gguf import GGUF_PRECISIONS, GgufConfig
@@ -154,136 +157,6 @@ def test_tied_embeddings_have_no_output_tensor(tiny_model, tmp_path):
     assert _parity(out)["base"]["max_logit_diff"] < 1e-2
 
 
-# A renderer for the part of Go's text/template the Ollama templates use: if / else if / else,
-# range (with `$i, $_ :=`), .Field, $.Field, $var, string and int literals, eq / ne / and /
-# or / not, and {{- -}} trimming. Ollama is not installed here.
-_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
-
-
-def _parse(template: str) -> list[Any]:
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    for match in _ACTION.finditer(template):
-        text = template[pos : match.start()]
-        if match.group(1):
-            text = text.rstrip()
-        if tokens and tokens[-1][0] == "trim":
-            text = text.lstrip()
-            tokens.pop()
-        tokens.append(("text", text))
-        tokens.append(("action", match.group(2)))
-        if match.group(3):
-            tokens.append(("trim", ""))
-        pos = match.end()
-    tail = template[pos:]
-    if tokens and tokens[-1][0] == "trim":
-        tail = tail.lstrip()
-        tokens.pop()
-    tokens.append(("text", tail))
-    body, rest = _block(tokens)
-    assert not rest, rest
-    return body
-
-
-def _block(tokens: list[tuple[str, str]]) -> tuple[list[Any], list[tuple[str, str]]]:
-    """Nodes up to an else/end action (left in the returned rest)."""
-    nodes: list[Any] = []
-    while tokens:
-        kind, value = tokens[0]
-        if kind == "action" and (value == "end" or value.startswith("else")):
-            return nodes, tokens
-        tokens = tokens[1:]
-        if kind == "text":
-            nodes.append(("text", value))
-        elif value.startswith("if "):
-            branches = []
-            condition: str | None = value[3:]
-            while True:
-                body, tokens = _block(tokens)
-                branches.append((condition, body))
-                action, tokens = tokens[0][1], tokens[1:]
-                if action == "end":
-                    break
-                condition = action[8:] if action.startswith("else if ") else None
-            nodes.append(("if", branches))
-        elif value.startswith("range "):
-            body, tokens = _block(tokens)
-            assert tokens[0][1] == "end"
-            tokens = tokens[1:]
-            nodes.append(("range", value[6:], body))
-        else:
-            nodes.append(("out", value))
-    return nodes, tokens
-
-
-def _words(expr: str) -> list[str]:
-    return re.findall(r'"[^"]*"|\([^()]*\)|[^\s()]+', expr)
-
-
-def _eval(expr: str, dot: Any, scope: dict[str, Any]) -> Any:
-    words = _words(expr.strip())
-    functions = {
-        "eq": lambda a, b: a == b,
-        "ne": lambda a, b: a != b,
-        "and": lambda a, b: b if a else a,
-        "or": lambda a, b: a if a else b,
-        "not": lambda a: not a,
-    }
-    if words[0] in functions:
-        return functions[words[0]](*(_atom(w, dot, scope) for w in words[1:]))
-    assert len(words) == 1, expr
-    return _atom(words[0], dot, scope)
-
-
-def _atom(word: str, dot: Any, scope: dict[str, Any]) -> Any:
-    if word.startswith("("):
-        return _eval(word[1:-1], dot, scope)
-    if word.startswith('"'):
-        return word[1:-1]
-    if word.isdigit():
-        return int(word)
-    if word.startswith("$."):
-        return scope["$"][word[2:]]
-    if word.startswith("$"):
-        return scope[word]
-    if word.startswith("."):
-        return dot[word[1:]]
-    raise AssertionError(f"unsupported word {word!r}")
-
-
-def _run(nodes: list[Any], dot: Any, scope: dict[str, Any]) -> str:
-    out = []
-    for node in nodes:
-        if node[0] == "text":
-            out.append(node[1])
-        elif node[0] == "out":
-            out.append(str(_eval(node[1], dot, scope)))
-        elif node[0] == "if":
-            for condition, body in node[1]:
-                if condition is None or _eval(condition, dot, scope):
-                    out.append(_run(body, dot, scope))
-                    break
-        else:
-            names, _, source = node[1].rpartition(":=")
-            variables = [n.strip() for n in names.split(",")] if names else []
-            for index, item in enumerate(_eval(source, dot, scope)):
-                inner = dict(scope)
-                if len(variables) == 2:
-                    inner[variables[0]], inner[variables[1]] = index, item
-                out.append(_run(node[2], item, inner))
-    return "".join(out)
-
-
-def render_go(template: str, messages: list[dict[str, str]]) -> str:
-    """What Ollama sends to the model: system text in .System, every message in .Messages."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    root = {
-        "System": system,
-        "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages],
-    }
-    return _run(_parse(template), root, {"$": root})
-
-
 CONVERSATION = [
     {"role": "system", "content": "You are a terse travel agent."},
     {"role": "user", "content": "Where should I go in May?"},
@@ -409,3 +282,187 @@ def test_optimize_format_gguf_is_the_cli_and_workflow_door(tiny_model, tmp_path)
     bad = subprocess.run([*command, "--precision", "q4_0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "is a GGUF precision; add --format gguf" in bad.stderr
     assert not (tmp_path / "onnx").exists()
+
+
+# SentencePiece-style tokenizers (Llama 2, Mistral 7B, Phi-3): llama.cpp's `llama` tokenizer model
+SPM_ARCHES = ["mistral", "phi3"]
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+TOKENIZE = [
+    "Hello world",
+    " leading space",
+    "two  spaces,\ta tab and a trailing space ",
+    "lines\nand\n\nparagraphs\n",
+    "unicode: café, naïve, Ελληνικά, 日本語 and 🙂",
+    "digits 1234567890, 3.14 and -42",
+    "bytes no piece covers: \x00\x7f Ǆ ∮",
+]
+
+
+@pytest.fixture(scope="module")
+def spm_export(tmp_path_factory) -> Any:
+    """arch -> (a tiny random model with a SentencePiece-style tokenizer, its f16 export)."""
+    from spm_helpers import family_tokenizer, sentencepiece_model
+
+    built: dict[str, tuple[Path, Path]] = {}
+
+    def get(arch: str) -> tuple[Path, Path]:
+        if arch not in built:
+            root = tmp_path_factory.mktemp(f"spm-{arch}")
+            model = sentencepiece_model(arch, root / f"{arch}-spm", family_tokenizer(arch))
+            built[arch] = (model, _export(model, root / "gguf", precision="f16"))
+        return built[arch]
+
+    return get
+
+
+def _spm_texts(tokenizer: Any) -> list[str]:
+    chat = tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False)
+    specials = "".join(f"{t} x{t}\n" for t in tokenizer.all_special_tokens)
+    return [*TOKENIZE, chat, specials]
+
+
+@pytest.mark.parametrize("arch", SPM_ARCHES)
+def test_sentencepiece_tokenizer_exports_as_llama_spm(spm_export, arch):
+    from gguf import TokenType
+
+    from slmforge.models.load import load_tokenizer
+
+    model, out = spm_export(arch)
+    assert _parity(out)["base"]["max_logit_diff"] < 1e-2
+    hf = load_tokenizer(model)
+    size = json.loads((model / "config.json").read_text())["vocab_size"]
+    file = GgufTensors(out / "model-f16.gguf")
+    assert file.field("tokenizer.ggml.model") == "llama"
+    assert file.field("tokenizer.ggml.pre") == "default"
+    assert file.field("tokenizer.ggml.merges") is None
+    tokens = file.field("tokenizer.ggml.tokens")
+    assert tokens == [*hf.convert_ids_to_tokens(range(len(hf))), *(
+        f"[PAD{i}]" for i in range(len(hf), size))]  # fmt: skip
+    types = file.field("tokenizer.ggml.token_type")
+    assert types[:4] == [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL, TokenType.BYTE]
+    assert {types[i] for i in range(3, 259)} == {TokenType.BYTE}
+    assert {types[i] for i in hf.all_special_ids} <= {TokenType.CONTROL, TokenType.UNKNOWN}
+    assert types[len(hf) :] == [TokenType.UNUSED] * (size - len(hf))
+    # the first merges of tokenizer.json make the highest-scoring pieces, in their order
+    merges = json.loads((model / "tokenizer.json").read_text())["model"]["merges"][:30]
+    scores = file.field("tokenizer.ggml.scores")
+    made = [tokens.index("".join(m)) for m in merges]
+    firsts = [i for n, i in enumerate(made) if i not in made[:n]]
+    assert [scores[i] for i in firsts] == sorted((scores[i] for i in firsts), reverse=True)
+    assert max(scores) == scores[firsts[0]] == 0.0
+    assert file.field("tokenizer.ggml.unknown_token_id") == 0
+    assert file.field("tokenizer.ggml.bos_token_id") == 1
+    assert file.field("tokenizer.ggml.eos_token_id") == hf.eos_token_id
+    assert file.field("tokenizer.ggml.add_bos_token") is (arch == "mistral")
+    assert file.field("tokenizer.ggml.add_space_prefix") is True
+    end = file.field("tokenizer.ggml.eot_token_id")
+    assert end == (hf.convert_tokens_to_ids("<|end|>") if arch == "phi3" else None)
+    details = read_manifest(out).details
+    assert details["tokenizer_model"] == "llama"
+    assert details["llama_cpp_tokenizer_mismatches"] == []
+    template = re.search(r'TEMPLATE """(.*?)"""', (out / "Modelfile").read_text(), re.S).group(1)
+    bos = hf.bos_token if arch == "mistral" else ""  # llama.cpp adds it as a token
+    chat = hf.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False)
+    assert chat == bos + render_go(template, CONVERSATION)
+
+
+def test_sentencepiece_prefix_only_at_the_start_is_reported(tmp_path, monkeypatch):
+    """transformers' LlamaTokenizer (which Llama 2 style checkpoints name) puts '▁' before the
+    text but not after special tokens, and llama.cpp can do both or neither: the export keeps
+    the chat prompts exact (no prefix) and warns that plain text differs."""
+    from slmforge import progress
+    from slmforge.models.chat import FORMATS
+    from slmforge.models.load import load_tokenizer
+    from spm_helpers import save_tokenizer, sentencepiece_model, sentencepiece_tokenizer
+
+    warnings: list[str] = []
+    monkeypatch.setattr(progress, "warn", lambda message, **_: warnings.append(message))
+    tokenizer = sentencepiece_tokenizer(chat_template=FORMATS["mistral"].template)
+    model = sentencepiece_model("llama", tmp_path / "llama2", tokenizer)
+    save_tokenizer(tokenizer, model, "LlamaTokenizer")
+    out = _export(model, tmp_path / "gguf", precision="f16")
+    details = read_manifest(out).details
+    assert details["add_space_prefix"] is False
+    assert "Hello world" in details["llama_cpp_tokenizer_mismatches"]
+    assert [w for w in warnings if "llama.cpp will tokenize" in w and "'Hello world'" in w]
+    path = out / "model-f16.gguf"
+    assert GgufTensors(path).field("tokenizer.ggml.add_space_prefix") is False
+    hf = load_tokenizer(model)
+    tokenize = _llama_cpp_tokenizer(path) if HAS_LLAMA_CPP else _tokenizer_from_file(path)
+    chat = hf.apply_chat_template(CONVERSATION[1:], add_generation_prompt=True, tokenize=False)
+    assert tokenize(chat) == hf(chat, add_special_tokens=False)["input_ids"]
+    assert tokenize("Hello world") != hf("Hello world", add_special_tokens=False)["input_ids"]
+
+
+def _llama_cpp_tokenizer(path: Path) -> Any:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+
+    def tokenize(text: str, with_bos: bool = False) -> list[int]:
+        return llm.tokenize(text.encode(), add_bos=with_bos, special=True)
+
+    return tokenize
+
+
+def _tokenizer_from_file(path: Path) -> Any:
+    """llama.cpp's tokenization as spm.py models it, from the file's own metadata."""
+    from slmforge.optimize.gguf import spm
+    from slmforge.optimize.gguf.tokenizer import matched_specials, phi3_rstrip
+
+    file = GgufTensors(path)
+    tokens, types = file.field("tokenizer.ggml.tokens"), file.field("tokenizer.ggml.token_type")
+    phi3 = "phi3" in file.field("general.name").lower()
+    strips = phi3_rstrip(tokens, types) if phi3 else frozenset()
+    llama = spm.LlamaSpm(tokens, file.field("tokenizer.ggml.scores"),
+                         matched_specials(tokens, types), strips)  # fmt: skip
+    prefix = file.field("tokenizer.ggml.add_space_prefix")
+    bos = file.field("tokenizer.ggml.bos_token_id")
+    add_bos = file.field("tokenizer.ggml.add_bos_token")
+
+    def tokenize(text: str, with_bos: bool = False) -> list[int]:
+        return [bos] * (with_bos and add_bos) + llama.encode(text, prefix)
+
+    return tokenize
+
+
+@pytest.mark.parametrize("arch", SPM_ARCHES)
+def test_sentencepiece_gguf_tokenizes_and_runs_like_hugging_face(spm_export, arch):
+    """llama.cpp tokenizes spaces, newlines, unicode, digits, byte fallback, special tokens and
+    a chat as the Hugging Face tokenizer does, and its logits match PyTorch's. Without
+    llama-cpp-python (CI builds none, and CI=true fails a skipped test) the tokenization is
+    checked through spm.py's model of llama.cpp's tokenizer on the file's metadata, and the
+    logits through the export's own verification (the fixture)."""
+    from slmforge.models.load import load_tokenizer
+
+    model, out = spm_export(arch)
+    hf = load_tokenizer(model)
+    path = out / "model-f16.gguf"
+    if HAS_LLAMA_CPP:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False)
+
+        def tokenize(text: str, with_bos: bool = False) -> list[int]:
+            return llm.tokenize(text.encode(), add_bos=with_bos, special=True)
+    else:
+        tokenize = _tokenizer_from_file(path)
+    texts = _spm_texts(hf)
+    for text in texts:
+        assert tokenize(text) == hf(text, add_special_tokens=False)["input_ids"], text
+    assert tokenize("Hello", with_bos=True) == hf("Hello")["input_ids"]
+    if HAS_LLAMA_CPP:
+        _logits_match_pytorch(llm, model, hf(texts[-2], add_special_tokens=False)["input_ids"])
+
+
+def _logits_match_pytorch(llm: Any, model: Path, ids: list[int]) -> None:
+    import torch
+
+    from slmforge.models.load import load_causal_lm
+
+    llm.eval(ids)
+    ours = np.array(llm.scores[: len(ids)])
+    with torch.inference_mode():
+        reference = load_causal_lm(model, dtype="float32")(torch.tensor([ids])).logits[0].numpy()
+    assert ours.shape == reference.shape
+    assert np.abs(ours - reference).max() < 1e-2

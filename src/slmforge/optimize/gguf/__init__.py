@@ -2,7 +2,9 @@
 verified against PyTorch. Entry point: `export_gguf(GgufConfig)` (run.py).
 
 families.py   llama.cpp names, RoPE permutation and hyper-parameters per model family
-tokenizer.py  the byte-level BPE tokenizer, special ids and chat template as GGUF metadata
+tokenizer.py  the tokenizer (llama.cpp's gpt2 or llama model), special ids and chat template
+spm.py        SentencePiece-style tokenizers: scores from merge ranks, llama.cpp's tokenizer
+              re-done in Python to check the ids before writing
 writer.py     streaming writer (one tensor in memory) and the precisions' tensor types
 lora.py       PEFT LoRA adapters as llama.cpp adapter files, or merged
 modelfile.py  Ollama Modelfiles (Go templates per chat format)

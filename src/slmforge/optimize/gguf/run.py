@@ -104,6 +104,8 @@ def check_inputs(cfg: GgufConfig) -> Inputs:
     tokenizer = load_tokenizer(source)
     stops = stop_strings(tokenizer)
     vocab = read_vocabulary(source, int(config["vocab_size"]), stops)
+    if vocab.mismatches:
+        progress.warn(_mismatch_warning(source, vocab))
     prompts = verification_prompts(cfg.verify_data, cfg.verify_prompts)
     return Inputs(source, config, family, adapters, tokenizer, stops, vocab, prompts, window)
 
@@ -131,8 +133,23 @@ def _details(
         "bos_token_id": inputs.vocab.bos_id,
         "eos_token_id": inputs.vocab.eos_id,
         "eot_token_id": inputs.vocab.eot_id,
+        "tokenizer_model": inputs.vocab.model,
+        "add_space_prefix": inputs.vocab.add_space_prefix,
+        "llama_cpp_tokenizer_mismatches": list(inputs.vocab.mismatches),
         "writer": f"gguf {_gguf_version()}",
     }
+
+
+def _mismatch_warning(source: Path, vocab: Vocabulary) -> str:
+    where = "before the text and after every special token" if vocab.add_space_prefix else "nowhere"
+    return (
+        f"{source.name}: llama.cpp will tokenize {len(vocab.mismatches)} of the texts checked "
+        f"differently from the Hugging Face tokenizer, e.g. {vocab.mismatches[0]!r}; its "
+        "SentencePiece tokenizer puts the leading '▁' either before the text and after every "
+        f"special token or nowhere (here: {where}, which fits the chat prompts best), and strips "
+        "whitespace after special tokens only for Phi-3 names. Prompts sent to llama.cpp or "
+        "Ollama may get other token ids than in training"
+    )
 
 
 def write_model_file(source: Path, out: Path, precision: str) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 from slmforge.errors import InputError, RunError
 from slmforge.optimize.gguf.families import Family, family_of, gguf_name, permute_rows, rope_heads
-from slmforge.optimize.gguf.tokenizer import Vocabulary, add_vocabulary
+from slmforge.optimize.gguf.tokenizer import Vocabulary, add_vocabulary, model_name
 
 # Tensors whose values are factors, not weights: always f32 (llama.cpp requires it)
 _ALWAYS_F32 = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
@@ -153,27 +153,6 @@ def plan_tensors(
     if not tied and not any(t.name == "output.weight" for t in planned):
         raise InputError(f"{folder}: no lm_head.weight and the embeddings are not tied")
     return planned
-
-
-# llama.cpp sets Phi-3's special-token attributes when general.name contains one of these,
-# looking the tokens up by text: a vocabulary without all of them fails to load
-_PHI3_NAMES = ("phi-3", "phi3")
-_PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
-
-
-def model_name(name: str, tokens: list[str]) -> str:
-    """`general.name` for a model folder's name, spaced out of llama.cpp's Phi-3 name match
-    when the vocabulary lacks the tokens that match would look up."""
-    if not any(key in name.lower() for key in _PHI3_NAMES):
-        return name
-    if set(_PHI3_TOKENS) <= set(tokens):
-        return name
-    for key in _PHI3_NAMES:
-        start = name.lower().find(key)
-        while start >= 0:
-            name = name[: start + 3] + " " + name[start + 3 :].lstrip("-")
-            start = name.lower().find(key)
-    return name
 
 
 def add_model_metadata(
