@@ -31,7 +31,7 @@ def _summary(out: Path) -> None:
 def register(app: typer.Typer) -> None:
     @model_command(app, "finetune", FinetuneConfig, config_file=True)
     def finetune(cfg: FinetuneConfig) -> None:
-        """Fine-tune a causal LM with LoRA, QLoRA, DoRA or full SFT (assistant-only loss)."""
+        """Fine-tune a causal LM (LoRA, QLoRA, DoRA, full) with SFT or DPO/ORPO/SimPO pairs."""
         from slmforge.train.run import run_finetune
 
         out = run_finetune(cfg)

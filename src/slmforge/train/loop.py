@@ -1,7 +1,8 @@
 """The training loop: optimizer steps, evaluation, metric records, checkpoints, Ctrl-C.
 
 `train/sft.py` prepares a `Plan` (model, data rows, schedule) and calls `fit`; this module
-only runs it, the same way for every method.
+only runs it, the same way for every method and objective: the objective
+(`train/objectives.py`) computes each micro-batch's loss and metrics, the loop does the rest.
 """
 
 from __future__ import annotations
@@ -20,17 +21,11 @@ from slmforge import progress
 from slmforge.config.finetune import FinetuneConfig
 from slmforge.errors import Interrupted
 from slmforge.train import checkpoint as ckpt
-from slmforge.train.collate import (
-    IGNORE,
-    Encoded,
-    collate,
-    epoch_order,
-    length_grouped_order,
-    step_batches,
-)
+from slmforge.train.collate import epoch_order, length_grouped_order, step_batches
 from slmforge.train.distributed import DistContext, unwrap, wrap_ddp
 from slmforge.train.methods import MethodBase
-from slmforge.train.metrics import MetricsLog, loss_and_hits, perplexity, shifted_targets
+from slmforge.train.metrics import MetricsLog
+from slmforge.train.objectives import TrainObjective
 
 
 @dataclass
@@ -40,13 +35,14 @@ class Plan:
     cfg: FinetuneConfig
     ctx: DistContext
     method: MethodBase
+    objective: TrainObjective
     device: str
     autocast_dtype: torch.dtype | None
     tokenizer: Any
     model: Any
-    train_rows: list[list[Encoded]]
-    eval_rows: list[list[Encoded]]
-    eval_examples: list[Any]
+    train_rows: list[Any]  # the objective's rows (opaque here)
+    eval_rows: list[Any]
+    eval_prompts: list[tuple[list[dict[str, Any]], str]]  # (prompt messages, reference answer)
     steps_per_epoch: int
     total_steps: int
     work: Path
@@ -82,92 +78,63 @@ def _resume_key(cfg: FinetuneConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
-def _forward(plan: Plan, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-    """Loss sum, hits and counted tokens of a micro-batch. The LM head runs only at the
-    positions that predict a trained label (a boolean `logits_to_keep`): with a vocabulary of
-    150k, logits of every position would be the step's largest tensor and a quarter of its work."""
-    inputs = {k: v.to(plan.device) for k, v in batch.items() if k != "labels"}
-    targets = shifted_targets(batch["labels"]).to(plan.device)
-    keep = targets != IGNORE if plan.select_logits else None
-    with torch.autocast(
-        plan.device if plan.device != "mps" else "cpu",
-        dtype=plan.autocast_dtype or torch.float32,
-        enabled=plan.autocast_dtype is not None,
-    ):
-        if keep is None:
-            logits = plan.model(**inputs, use_cache=False).logits
-        else:
-            logits = plan.model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    if keep is None:
-        return loss_and_hits(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-    return loss_and_hits(logits, targets[keep])
-
-
 @torch.no_grad()
 def evaluate(plan: Plan) -> dict[str, float]:
-    """Eval loss, token accuracy and perplexity over the whole eval set (all ranks)."""
+    """The objective's eval metrics over the whole eval set (all ranks)."""
     plan.model.eval()
+    objective = plan.objective
     mine = plan.eval_rows[plan.ctx.rank :: plan.ctx.world]
-    loss_sum, hits, count = 0.0, 0, 0
-    pad = plan.tokenizer.pad_token_id or 0
+    sums = dict.fromkeys(objective.sum_keys, 0.0)
     for start in range(0, len(mine), plan.cfg.batch_size):
-        batch = collate(mine[start : start + plan.cfg.batch_size], pad, packed=False)
-        part_loss, part_hits, part_count = _forward(plan, batch)
-        loss_sum, hits, count = loss_sum + part_loss.item(), hits + part_hits, count + part_count
-    loss_sum, hits, count = plan.ctx.all_sum([loss_sum, hits, count])
+        _loss, part = objective.loss(plan, mine[start : start + plan.cfg.batch_size], False)
+        for key in objective.sum_keys:
+            sums[key] += part[key]
+    totals = plan.ctx.all_sum([sums[key] for key in objective.sum_keys])
     plan.model.train()
-    loss = loss_sum / max(count, 1)
-    return {
-        "eval_loss": loss,
-        "eval_token_accuracy": hits / max(count, 1),
-        "eval_perplexity": perplexity(loss),
-    }
+    return objective.record(dict(zip(objective.sum_keys, totals, strict=True)), True)
 
 
 class _Window:
-    """Token-weighted averages between two metric records."""
+    """The objective's metric sums (and tokens) between two metric records."""
 
-    def __init__(self) -> None:
-        self.loss_sum = self.hits = self.count = self.tokens = 0.0
+    def __init__(self, objective: TrainObjective) -> None:
+        self.objective = objective
+        self.sums = dict.fromkeys(objective.sum_keys, 0.0)
+        self.tokens = 0.0
         self.started = time.perf_counter()
 
-    def add(self, loss_sum: float, hits: int, count: int, tokens: int) -> None:
-        self.loss_sum += loss_sum
-        self.hits += hits
-        self.count += count
+    def add(self, sums: dict[str, float], tokens: int) -> None:
+        for key in self.objective.sum_keys:
+            self.sums[key] += sums[key]
         self.tokens += tokens
 
     def record(self, ctx: DistContext) -> dict[str, float]:
-        loss_sum, hits, count, tokens = ctx.all_sum(
-            [self.loss_sum, self.hits, self.count, self.tokens]
-        )
+        keys = self.objective.sum_keys
+        *totals, tokens = ctx.all_sum([*(self.sums[key] for key in keys), self.tokens])
         elapsed = time.perf_counter() - self.started
         return {
-            "loss": loss_sum / max(count, 1),
-            "token_accuracy": hits / max(count, 1),
+            **self.objective.record(dict(zip(keys, totals, strict=True)), False),
             "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
         }
 
 
-def train_step(plan: Plan, micro_batches: list[list[list[Encoded]]], window: _Window) -> float:
+def train_step(plan: Plan, micro_batches: list[list[Any]], window: _Window) -> float:
     """One optimizer step over `grad_accum` micro-batches; returns the gradient norm."""
-    ctx, cfg = plan.ctx, plan.cfg
-    pad = plan.tokenizer.pad_token_id or 0
-    # Every rank knows the whole step, so the global token count needs no communication.
-    step_tokens = sum(sum(e.trained_tokens - 1 for e in row) for mb in micro_batches for row in mb)
+    ctx, objective = plan.ctx, plan.objective
+    # Every rank knows the whole step, so the global normaliser needs no communication.
+    weight = objective.step_weight([row for micro in micro_batches for row in micro])
     for index, micro in enumerate(micro_batches):
         mine = micro[ctx.rank :: ctx.world]
-        batch = collate(mine, pad, packed=cfg.packing)
         syncing = index == len(micro_batches) - 1 or not ctx.enabled
         with _maybe_no_sync(plan.model, syncing):
-            loss_sum, hits, count = _forward(plan, batch)
+            loss_sum, sums = objective.loss(plan, mine, True)
             # DDP averages gradients over ranks; scaling by world turns that into a global sum.
-            (loss_sum * ctx.world / max(step_tokens, 1)).backward()
-        window.add(loss_sum.item(), hits, count, sum(len(e.input_ids) for r in mine for e in r))
+            (loss_sum * ctx.world / max(weight, 1)).backward()
+        window.add(sums, sum(objective.row_tokens(row) for row in mine))
     grad_norm = 0.0
-    if cfg.max_grad_norm > 0:
+    if plan.cfg.max_grad_norm > 0:
         grads = [p for p in plan.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, plan.cfg.max_grad_norm))
     plan.optimizer.step()
     plan.scheduler.step()
     plan.optimizer.zero_grad(set_to_none=True)
@@ -195,6 +162,7 @@ def fit(plan: Plan, log: MetricsLog) -> None:
     trainable = [p for p in plan.model.parameters() if p.requires_grad]
     plan.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan.scheduler = _schedule(cfg, plan.optimizer, plan.total_steps)
+    plan.objective.prepare(plan)  # before a checkpoint loads: the model is still the base
     latest = ckpt.latest_checkpoint(plan.work) if cfg.resume else None
     if latest is not None:
         state = ckpt.load_checkpoint(
@@ -217,7 +185,7 @@ def fit(plan: Plan, log: MetricsLog) -> None:
 
 def _loop(plan: Plan, log: MetricsLog) -> None:
     cfg, ctx = plan.cfg, plan.ctx
-    window = _Window()
+    window = _Window(plan.objective)
     epoch_steps: tuple[int, list[Any]] = (-1, [])
     with progress.task("Fine-tuning", total=plan.total_steps) as bar:
         bar.update(completed=plan.start_step)
@@ -241,8 +209,9 @@ def _loop(plan: Plan, log: MetricsLog) -> None:
                     "grad_norm": grad_norm,
                 }
                 _log(plan, log, record)
-                bar.update(completed=done, loss=record["loss"], acc=record["token_accuracy"])
-                window = _Window()
+                headline = record[plan.objective.headline[0]]
+                bar.update(completed=done, loss=record["loss"], acc=headline)
+                window = _Window(plan.objective)
             else:
                 bar.update(completed=done)
             if plan.eval_rows and cfg.eval_every and done % cfg.eval_every == 0:
@@ -266,7 +235,7 @@ def _loop(plan: Plan, log: MetricsLog) -> None:
 def _epoch_order(plan: Plan, epoch: int) -> list[int]:
     cfg = plan.cfg
     if cfg.group_by_length and not cfg.packing:
-        lengths = [sum(len(e.input_ids) for e in row) for row in plan.train_rows]
+        lengths = [plan.objective.row_tokens(row) for row in plan.train_rows]
         return length_grouped_order(lengths, cfg.seed, epoch, cfg.batch_size * cfg.grad_accum)
     return epoch_order(len(plan.train_rows), cfg.seed, epoch)
 
@@ -285,9 +254,10 @@ def _log(plan: Plan, log: MetricsLog, record: dict[str, Any]) -> None:
     if plan.ctx.is_main:
         log.write(record)
         if "eval_loss" in record:
+            key, label = plan.objective.headline
             progress.info(
                 f"step {record['step']}: eval loss {record['eval_loss']:.4f}, "
-                f"token accuracy {record['eval_token_accuracy']:.3f}"
+                f"{label} {record['eval_' + key]:.3f}"
             )
 
 

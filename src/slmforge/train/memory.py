@@ -15,7 +15,13 @@ A run's peak memory, per process, is the sum of:
                adds each adapted weight merged with its adapter, and its norm
   logits       batch x seq x vocab: the head's output, its fp32 copy, log-softmax, gradient
 Summing them is an upper bound: optimizer moments appear after the first step, when most
-activations are already freed. tests/integration/test_doctor_fit.py compares it with the peak
+activations are already freed. A preference pair (dpo, orpo, simpo) puts its chosen and
+rejected answers through the model in one pass, so its micro-batch counts twice its rows
+(`train/sft.py`'s `run_shape`). DPO's reference log-probabilities add no peak: the adapter-off
+pass (adapter methods) runs without gradients before the policy's pass, so it keeps one
+layer's activations and its logits only while none of the policy's are alive, and `full`
+computes them in one such pass before the first step (before any optimizer state exists);
+both cost time, not memory. tests/integration/test_doctor_fit.py compares it with the peak
 memory of a real run of the `small` model; docs/setup.md has the figures.
 
 The check: a run that does not fit as asked but fits with gradient checkpointing gets it switched

@@ -74,50 +74,74 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
 
 
+# Per-record metrics beside the loss that the manifest summarizes, when a run records them.
+SUMMARIZED = ("token_accuracy", "reward_accuracy", "reward_margin", "chosen_logp", "rejected_logp")
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """First/last training loss and accuracy, first/last eval figures, for the manifest."""
+    """First/last training loss and metrics, first/last eval figures, for the manifest."""
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
     summary: dict[str, Any] = {}
     if train:
-        summary |= {
-            "train_loss_first": train[0]["loss"],
-            "train_loss_last": train[-1]["loss"],
-            "token_accuracy_first": train[0].get("token_accuracy"),
-            "token_accuracy_last": train[-1].get("token_accuracy"),
-            "tokens_per_s": train[-1].get("tokens_per_s"),
-            "steps": train[-1]["step"],
-        }
+        first, last = train[0], train[-1]
+        summary |= {"train_loss_first": first["loss"], "train_loss_last": last["loss"]}
+        for key in (k for k in SUMMARIZED if k in last):
+            summary |= {f"{key}_first": first.get(key), f"{key}_last": last[key]}
+        summary |= {"tokens_per_s": last.get("tokens_per_s"), "steps": last["step"]}
     if evals:
-        summary |= {
-            "eval_loss_initial": evals[0]["eval_loss"],
-            "eval_loss_final": evals[-1]["eval_loss"],
-            "eval_token_accuracy_initial": evals[0]["eval_token_accuracy"],
-            "eval_token_accuracy_final": evals[-1]["eval_token_accuracy"],
-            "eval_perplexity_final": evals[-1]["eval_perplexity"],
-        }
+        first, last = evals[0], evals[-1]
+        summary |= {"eval_loss_initial": first["eval_loss"], "eval_loss_final": last["eval_loss"]}
+        for key in (f"eval_{k}" for k in SUMMARIZED if f"eval_{k}" in last):
+            summary |= {f"{key}_initial": first.get(key), f"{key}_final": last[key]}
+        if "eval_perplexity" in last:
+            summary["eval_perplexity_final"] = last["eval_perplexity"]
     return summary
 
 
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if key in r]
+    return [step for step, _ in points], [value for _, value in points]
+
+
 def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
-    """loss.png: training loss and eval loss against steps."""
+    """loss.png: training and eval loss against steps; beside them, for preference objectives,
+    reward accuracy (train and eval) and the reward margin."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    if evals:
-        ax.plot(
-            [r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss"
-        )
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    rewards = any("reward_accuracy" in r or "eval_reward_accuracy" in r for r in records)
+    fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4))
+    loss_ax = axes[0] if rewards else axes
+    loss_ax.plot(*_series(records, "loss"), label="train loss")
+    if any("eval_loss" in r for r in records):
+        loss_ax.plot(*_series(records, "eval_loss"), "o-", label="eval loss")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend(loc="best")
+    if rewards:
+        _plot_rewards(axes[1], records)
+    for ax in axes if rewards else [axes]:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_rewards(ax: Any, records: list[dict[str, Any]]) -> None:
+    ax.plot(*_series(records, "reward_accuracy"), label="train reward accuracy")
+    if any("eval_reward_accuracy" in r for r in records):
+        ax.plot(*_series(records, "eval_reward_accuracy"), "o-", label="eval reward accuracy")
+    ax.set_ylabel("reward accuracy")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(loc="upper left")  # both curves usually rise: the corners off the diagonal
+    margin_ax = ax.twinx()
+    margin_ax.plot(*_series(records, "reward_margin"), "--", color="tab:gray", label="margin")
+    if any("eval_reward_margin" in r for r in records):
+        margin_ax.plot(
+            *_series(records, "eval_reward_margin"), "s--", color="tab:red", label="eval margin"
+        )
+    margin_ax.set_ylabel("reward margin (chosen - rejected)")
+    margin_ax.legend(loc="lower right")

@@ -1,8 +1,11 @@
-"""Supervised fine-tuning: setup -> fit -> save, one loop for LoRA, DoRA, QLoRA and full.
+"""Fine-tuning: setup -> fit -> save, one loop for every method (LoRA, DoRA, QLoRA, full) and
+every objective (SFT, DPO, ORPO, SimPO).
 
-The loss is the mean over every trained token of an optimizer step (all micro-batches, all
-processes), so gradient accumulation and data parallelism give the same update as one big
-batch. Checkpoints go to `OUT.partial/` and the finished artifact is renamed into `OUT`.
+The method (`train/methods.py`) prepares the model and says what to save; the objective
+(`train/objectives.py`) reads the data into rows and computes each micro-batch's loss. The
+loss is normalized over a whole optimizer step (all micro-batches, all processes), so gradient
+accumulation and data parallelism give the same update as one big batch. Checkpoints go to
+`OUT.partial/` and the finished artifact is renamed into `OUT`.
 """
 
 from __future__ import annotations
@@ -19,11 +22,9 @@ import torch
 from slmforge import progress
 from slmforge.artifacts import artifact, check_output, source_of
 from slmforge.config.finetune import FinetuneConfig
-from slmforge.config.methods import get_finetune_method
-from slmforge.data.formats import read_examples
+from slmforge.config.methods import get_finetune_method, get_objective
 from slmforge.errors import InputError, ModelError
 from slmforge.train import checkpoint as ckpt
-from slmforge.train.collate import Encoded, encode, pack
 from slmforge.train.distributed import DistContext, unwrap
 from slmforge.train.loop import Plan, fit
 from slmforge.train.memory import (
@@ -35,7 +36,11 @@ from slmforge.train.memory import (
 )
 from slmforge.train.methods import get_method
 from slmforge.train.metrics import MetricsLog
+from slmforge.train.objectives import TrainObjective
+from slmforge.train.preference import PairObjective
 from slmforge.train.shape import ModelShape, read_shape
+from slmforge.train.supervised import Supervised
+from slmforge.train.supervised import load_data as load_data  # jobs/spec.py counts packed rows
 
 EvalHook = Callable[[int, dict[str, float]], "str | None"]
 
@@ -98,55 +103,6 @@ def check_paths(cfg: FinetuneConfig) -> Path:
     return work
 
 
-def _encode_all(tokenizer: Any, examples: list[Any], cfg: FinetuneConfig) -> list[Encoded]:
-    from slmforge.models.chat import stop_strings
-
-    stops = stop_strings(tokenizer)
-    encoded = []
-    for example in examples:
-        item = encode(
-            tokenizer,
-            example.messages,
-            cfg.max_seq_len,
-            cfg.train_on_prompt,
-            cfg.text_template,
-            stops,
-            example.tools,
-        )
-        if item.trained_tokens > 1:
-            encoded.append(item)
-    dropped = len(examples) - len(encoded)
-    if dropped:
-        progress.warn(
-            f"{dropped} examples have no assistant tokens within --max-seq-len "
-            f"{cfg.max_seq_len} and were skipped"
-        )
-    return encoded
-
-
-def _rows(encoded: list[Encoded], cfg: FinetuneConfig) -> list[list[Encoded]]:
-    return pack(encoded, cfg.max_seq_len) if cfg.packing else [[e] for e in encoded]
-
-
-def load_data(
-    cfg: FinetuneConfig, tokenizer: Any
-) -> tuple[list[Encoded], list[Encoded], list[Any]]:
-    options = cfg.model_dump(
-        include={"input_format", "prompt_field", "response_field", "system_prompt"}
-    )
-    from slmforge.config.data import ReadOptions
-
-    read = ReadOptions(**options)
-    train = read_examples(cfg.data, read)
-    evals = read_examples(cfg.eval_data, read) if cfg.eval_data else []
-    if cfg.text_template is None and not getattr(tokenizer, "chat_template", None):
-        raise InputError(
-            f"{cfg.model} has no chat template; pass --text-template, e.g. "
-            r"'<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}<|end|>'"
-        )
-    return _encode_all(tokenizer, train, cfg), _encode_all(tokenizer, evals, cfg), evals
-
-
 def selects_logits(model: Any) -> bool:
     """Whether the model computes logits at chosen positions only (a boolean `logits_to_keep`,
     which transformers' `slice_logits_to_keep` handles; custom model code may not)."""
@@ -166,25 +122,29 @@ def _model_shape(cfg: FinetuneConfig) -> ModelShape | None:
 def run_shape(
     cfg: FinetuneConfig,
     ctx: DistContext,
+    objective: TrainObjective,
     precision: str,
     device: str,
-    rows: list[list[Encoded]],
+    rows: list[Any],
     gradient_checkpointing: bool,
 ) -> RunShape:
-    """What the memory estimate needs to know of this run: its real rows, not --max-seq-len."""
+    """What the memory estimate needs to know of this run: its real rows, not --max-seq-len.
+    A preference pair puts its chosen and rejected answers through the model together, so a
+    micro-batch holds twice its rows as sequences."""
+    sequences = [objective.sequences(row) for row in rows]
     return RunShape(
         method=cfg.method,
         dtype=precision,
         device=device,
-        batch=cfg.batch_size // ctx.world,
-        seq=max(sum(len(e.input_ids) for e in row) for row in rows),
+        batch=cfg.batch_size // ctx.world * max(len(s) for s in sequences),
+        seq=max(tokens for s in sequences for tokens, _ in s),
         rank=cfg.lora_r,
         gradient_checkpointing=gradient_checkpointing,
         processes=ctx.world,
         # transformers' own models compute logits only where a label is predicted
         trained=None
         if cfg.trust_remote_code
-        else max(sum(e.trained_tokens for e in row) for row in rows),
+        else max(trained for s in sequences for _, trained in s),
     )
 
 
@@ -197,7 +157,13 @@ def memory_estimate(plan: Plan) -> dict[str, Any] | None:
     except ModelError:  # the check said so before training
         return None
     run = run_shape(
-        cfg, plan.ctx, plan.precision, plan.device, plan.train_rows, plan.gradient_checkpointing
+        cfg,
+        plan.ctx,
+        plan.objective,
+        plan.precision,
+        plan.device,
+        plan.train_rows,
+        plan.gradient_checkpointing,
     )
     estimate = run.estimate(shape)
     return {
@@ -212,16 +178,17 @@ def memory_estimate(plan: Plan) -> dict[str, Any] | None:
 def memory_check(
     cfg: FinetuneConfig,
     ctx: DistContext,
+    objective: TrainObjective,
     shape: ModelShape | None,
     precision: str,
     device: str,
-    rows: list[list[Encoded]],
+    rows: list[Any],
 ) -> bool:
     """Check the run's memory estimate before any weights load; returns whether to train with
     gradient checkpointing (switched on when only that makes the run fit)."""
     if shape is None:
         return cfg.gradient_checkpointing
-    run = run_shape(cfg, ctx, precision, device, rows, cfg.gradient_checkpointing)
+    run = run_shape(cfg, ctx, objective, precision, device, rows, cfg.gradient_checkpointing)
     available = available_bytes(device)
     if available is not None and device == "cpu":
         available //= local_processes(ctx.world)  # processes on one machine share its memory
@@ -230,18 +197,25 @@ def memory_check(
     return check_run(shape, run, available, cfg.strict_memory)
 
 
+def train_objective(cfg: FinetuneConfig) -> TrainObjective:
+    """The hooks of `cfg.objective`: pair objectives share one class, parametrized by loss."""
+    return PairObjective(cfg) if get_objective(cfg.objective).pairs else Supervised(cfg)
+
+
 def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
     from slmforge.models.load import load_causal_lm, load_tokenizer
 
     method = get_method(cfg.method)
+    objective = train_objective(cfg)
     device = pick_device(cfg.device)
     method.check(cfg, device)
+    objective.check()
     work = check_paths(cfg)
     if cfg.batch_size % ctx.world:
         raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of --nproc {ctx.world}")
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    train, evals, eval_examples = load_data(cfg, tokenizer)
-    rows = _rows(train, cfg)
+    data = objective.load(tokenizer)
+    rows = data.train
     per_step = cfg.batch_size * cfg.grad_accum
     if len(rows) < per_step:
         raise InputError(
@@ -252,7 +226,7 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     shape = _model_shape(cfg)
     precision = compute_precision(cfg, device, shape.dtype if shape else None)
-    checkpointing = memory_check(cfg, ctx, shape, precision, device, rows)
+    checkpointing = memory_check(cfg, ctx, objective, shape, precision, device, rows)
     load_dtype, autocast_dtype = torch_dtypes(cfg.method, precision)
     model = load_causal_lm(
         cfg.model,
@@ -272,13 +246,14 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
         cfg,
         ctx,
         method,
+        objective,
         device,
         autocast_dtype,
         tokenizer,
         model,
         rows,
-        [[e] for e in evals],
-        eval_examples,
+        data.evals,
+        data.prompts,
         steps_per_epoch,
         total,
         work,
@@ -293,20 +268,15 @@ def sample_generations(plan: Plan, count: int) -> list[dict[str, str]]:
     from slmforge.runtime.engine import GenParams, complete
     from slmforge.runtime.torch_engine import TorchEngine
 
-    examples = plan.eval_examples[:count]
-    if not examples or plan.cfg.text_template is not None:
+    prompts = plan.eval_prompts[:count]
+    if not prompts or plan.cfg.text_template is not None:
         return []
     engine = TorchEngine.from_loaded(unwrap(plan.model), plan.tokenizer)
     samples = []
-    for example in examples:
-        messages = example.messages[:-1]
+    for messages, reference in prompts:
         answer = complete(engine, messages, GenParams(max_tokens=64))
         samples.append(
-            {
-                "prompt": messages[-1]["content"],
-                "reference": example.messages[-1]["content"],
-                "output": answer.text,
-            }
+            {"prompt": messages[-1]["content"], "reference": reference, "output": answer.text}
         )
     return samples
 
@@ -340,6 +310,7 @@ def save(plan: Plan, log: MetricsLog) -> Path:
         manifest.stop = stop_strings(plan.tokenizer)
         manifest.details = {
             "method": cfg.method,
+            **plan.objective.details(),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_params": sum(p.numel() for p in model.parameters()),
             "text_template": cfg.text_template,
