@@ -2,7 +2,8 @@
 # The slmforge journey on a tiny model built here and slmforge's own sample data, from one
 # workflow file (examples/workflow.yaml): tiny model -> data -> LoRA -> merge -> int4 ONNX with
 # a switchable adapter -> a running deployment -> eval of base, tuned, int4 and the endpoint ->
-# the on-device model and the endpoint compared side by side (slmforge app compare).
+# the on-device model and the endpoint compared side by side (slmforge app compare) ->
+# DPO on preference pairs over the fine-tuned model.
 # Every line is a command a user would type; artifacts land in demo-out/workflow/. Running it
 # again skips every cached stage.
 set -euo pipefail
@@ -34,10 +35,17 @@ SLMFORGE_API_KEY="$(cat "$OUT/travel-demo.key")" run "$SLMFORGE" app compare \
   --data "$OUT/data/split/test.jsonl" --limit 5 --max-tokens 32 --similarity f1 \
   --local "$OUT/onnx-int4+travel" --cloud deploy:travel-demo:travel --out "$OUT/compare" --force
 
+step "5. Preference tuning: DPO over the fine-tuned model, its own answers preferred"
+run "$SLMFORGE" data sample --kind preference --out "$OUT/pairs/pairs.jsonl" --force
+run "$SLMFORGE" data split "$OUT/pairs/pairs.jsonl" --out-dir "$OUT/pairs" --validation 0.1 --force
+run "$SLMFORGE" finetune --model "$OUT/merged" --objective dpo --beta 0.1 \
+  --data "$OUT/pairs/train.jsonl" --eval-data "$OUT/pairs/validation.jsonl" \
+  --max-steps 20 --lr 3e-3 --target-modules all-linear --eval-every 10 --out "$OUT/dpo" --force
+
 step "Done. Artifacts (each with a slmforge.json manifest):"
-for path in base data/split adapter merged onnx-int4 eval compare; do printf '  %s/%s\n' "$OUT" "$path"; done
-printf '  loss plot: %s/adapter/loss.png\n  eval report: %s/eval/report.html\n' "$OUT" "$OUT"
+for path in base data/split adapter merged onnx-int4 eval compare dpo; do printf '  %s/%s\n' "$OUT" "$path"; done
+printf '  loss plots: %s/adapter/loss.png, %s/dpo/loss.png (reward accuracy)\n  eval report: %s/eval/report.html\n' "$OUT" "$OUT" "$OUT"
 printf '  side by side: %s/compare/compare.md\n' "$OUT"
 printf '  deployment travel-demo keeps running (%s deploy list)\n' "$SLMFORGE"
 printf '  remove everything the demo created, deployment included:\n'
-printf '    %s clean --all --runs-dir %s --yes && rm -rf %s/compare\n' "$SLMFORGE" "$RUNS" "$OUT"
+printf '    %s clean --all --runs-dir %s --yes && rm -rf %s/{compare,pairs,dpo}\n' "$SLMFORGE" "$RUNS" "$OUT"

@@ -21,7 +21,7 @@ from slmforge.data.preference import (
 )
 from slmforge.data.preference_write import write_pairs
 from slmforge.data.sample import sample_pairs
-from slmforge.data.sample_preference import preference_rows
+from slmforge.data.sample_preference import NON_PREFERRED_POOL, preference_rows
 from slmforge.data.writing import run_convert
 from slmforge.errors import ConfigError, DataError, OutputExistsError
 
@@ -219,7 +219,7 @@ def test_prompt_room_findings_name_line_field_and_tokens(tmp_path: Path) -> None
 def test_preference_sample_prefers_the_reference_answer(tmp_path: Path) -> None:
     references = {p["prompt"]: p["response"] for p in sample_pairs()}
     rows = preference_rows(seed=3)
-    assert len(rows) == len(references)
+    assert len(rows) == len(references) - NON_PREFERRED_POOL
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     pairs = read_preference_examples(path)
     for pair in pairs:
@@ -227,6 +227,10 @@ def test_preference_sample_prefers_the_reference_answer(tmp_path: Path) -> None:
         assert pair.chosen[0]["content"] == references[prompt]
         assert pair.rejected[0]["content"] != references[prompt]
         assert pair.rejected[0]["content"] in references.values()
+    # the non-preferred answers come from a few set-aside rows that are never preferred
+    rejected = {pair.rejected[0]["content"] for pair in pairs}
+    assert 1 < len(rejected) <= NON_PREFERRED_POOL
+    assert not rejected & {pair.chosen[0]["content"] for pair in pairs}
     assert preference_rows(seed=3) == rows and preference_rows(seed=4) != rows
     assert len(preference_rows(count=450)) == 450
 
@@ -349,14 +353,15 @@ def test_split_keeps_pairs_of_one_prompt_together(tmp_path: Path) -> None:
     from slmforge.config.data import SplitConfig
     from slmforge.data.split import run_split
 
-    rows = preference_rows(count=600, seed=1)  # every prompt three times, other rejected answers
+    per_prompt = len(preference_rows())
+    rows = preference_rows(count=3 * per_prompt, seed=1)  # every prompt three times
     source = write_jsonl(tmp_path / "p.jsonl", rows)
     written = run_split(SplitConfig(input=source, out_dir=tmp_path / "split", validation=0.2))
     parts = {name: read_preference_examples(path) for name, path in written.items()}
     prompts = {name: {p.prompt_key() for p in pairs} for name, pairs in parts.items()}
     assert prompts["train"] and prompts["validation"]
     assert not prompts["train"] & prompts["validation"]
-    assert sum(len(p) for p in parts.values()) == 600
+    assert sum(len(p) for p in parts.values()) == 3 * per_prompt
     assert all(len(pairs) % 3 == 0 for pairs in parts.values())
     first = json.loads(written["train"].read_text().splitlines()[0])
     assert set(first) == {"input", "preferred_output", "non_preferred_output"}

@@ -93,7 +93,7 @@ class SampleConfig(StrictModel):
         description="travel: the travel-assistant prompt/response pairs; tools: travel "
         "questions answered by a call to one of four declared functions (OpenAI rows with "
         "tools and tool_calls); preference: OpenAI DPO rows, each travel prompt with its own "
-        "answer preferred and another row's answer not.",
+        "answer preferred and the answer of one of 10 set-aside rows not.",
     )
     count: int | None = Field(
         None,

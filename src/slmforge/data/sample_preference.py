@@ -1,7 +1,10 @@
 """Offline preference pairs from the travel sample (`slmforge data sample --kind preference`):
-each prompt's own answer preferred, a different row's answer not. A model tuned on them learns
-to answer the question asked rather than a plausible travel answer to another one, which the
-preference tests and the demo measure as held-out reward accuracy.
+each prompt's own answer preferred, a different row's answer not. The non-preferred answers come
+from a few rows set aside whose answers are never preferred (like a weak model's handful of
+canned answers): were every answer preferred for its own prompt and rejected for others, each
+answer would be pushed up and down alike, and only matching an answer to its question would be
+left to learn, which a small model learns slowly (DPO on the 2-layer test model: ~0.7 held-out
+reward accuracy after 150 steps, against 1.0 after 8 on these pairs).
 """
 
 from __future__ import annotations
@@ -12,20 +15,23 @@ from typing import Any
 from slmforge.data.sample import sample_pairs
 
 
+NON_PREFERRED_POOL = 10  # rows set aside whose answers are the non-preferred ones
+
+
 def preference_rows(count: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """Preference pairs in OpenAI's DPO rows: each travel prompt with its own answer preferred
-    and a different row's answer (picked with `seed`) not preferred. One row per travel pair
-    by default; a larger `count` repeats prompts with other non-preferred answers."""
+    and the answer of one of `NON_PREFERRED_POOL` set-aside rows (picked with `seed`) not.
+    One row per remaining travel pair by default; a larger `count` repeats prompts with other
+    non-preferred answers."""
     pairs = sample_pairs()
     rng = random.Random(seed)
     order = list(range(len(pairs)))
     rng.shuffle(order)
+    pool, prompts = order[:NON_PREFERRED_POOL], order[NON_PREFERRED_POOL:]
     rows = []
-    for k in range(count or len(pairs)):
-        index = order[k % len(pairs)]
-        other = rng.randrange(len(pairs) - 1)
-        other += other >= index  # any row but this one
-        pair = pairs[index]
+    for k in range(count or len(prompts)):
+        pair = pairs[prompts[k % len(prompts)]]
+        other = rng.choice(pool)
         rows.append(
             {
                 "input": {"messages": [{"role": "user", "content": pair["prompt"]}]},
