@@ -5,11 +5,19 @@ steps (its default 12 leave logits nearly flat; 60 take the loss from ~9 to ~6.5
 builds made with the `slmforge optimize` CLI exactly as a user runs it, and GGUF files of the
 same weights for llama.cpp (`gguf_export.py`). A folder or file that exists is complete: every
 builder writes it atomically.
+
+The quantization benchmark's reference model (`reference_model`) is the `bench` Llama: trained
+until quantization quality means something, with 1 in 20 docstrings held out of its training;
+its manifest records its next-token accuracy on them. `reference_data` writes the held-out
+chats (the text quantization is measured on) and chats of the training docstrings (calibration
+prompts) as data files.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -38,6 +46,55 @@ def small_model() -> Path:
         log(f"building {folder} (minutes)")
         build("llama", folder, size="small", pretrain_steps=PRETRAIN_STEPS, force=True)
     return folder
+
+
+REFERENCE_SIZE = "bench"
+REFERENCE = f"reference-llama-{REFERENCE_SIZE}"
+
+
+def reference_model() -> Path:
+    folder = CACHE / REFERENCE
+    if not (folder / "slmforge.json").is_file():
+        from slmforge.models.tiny import build
+
+        if "OMP_NUM_THREADS" not in os.environ:
+            import torch
+
+            # On the shared 2-core VM two threads ran several times slower than one whenever
+            # another process held a core (threads wait for each other at every op).
+            torch.set_num_threads(1)
+        log(f"building {folder} (~15 minutes on a busy 2-core machine)")
+        build("llama", folder, size=REFERENCE_SIZE, force=True)
+    return folder
+
+
+def reference_data() -> dict[str, Path]:
+    """The reference model's held-out chats (`eval`) and training-domain chats
+    (`calibration`) as jsonl message rows, split exactly as its pretraining split them."""
+    from slmforge.models.corpus import is_heldout, stdlib_docstrings, summary_chats
+    from slmforge.models.tiny import SIZES
+
+    spec = SIZES[REFERENCE_SIZE]
+    docs = stdlib_docstrings(spec.corpus_chars)
+    parts = {
+        "eval": tuple(d for d in docs if is_heldout(d, spec.heldout_every)),
+        "calibration": tuple(d for d in docs if not is_heldout(d, spec.heldout_every)),
+    }
+    folder = CACHE / f"{REFERENCE}-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, part in parts.items():
+        path = folder / f"{name}.jsonl"
+        chats = summary_chats(part, None)
+        # calibration reads the first rows; shuffled, they span the library, not its first
+        # modules in alphabetical order
+        random.Random(0).shuffle(chats)
+        rows = [json.dumps({"messages": chat}) + "\n" for chat in chats]
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text("".join(rows), encoding="utf-8")
+        partial.rename(path)
+        paths[name] = path
+    return paths
 
 
 def onnx_model(precision: str) -> Path:
@@ -81,3 +138,15 @@ def size_mib(path: Path) -> float:
         [path] if path.is_file() else list(path.glob("*.onnx*")) or list(path.glob("*.safetensors"))
     )
     return sum(f.stat().st_size for f in files) / 2**20
+
+
+def tiny_model(arch: str = "llama") -> Path:
+    """The `tiny` model of `arch` (~0.9M parameters, pretrained 600 steps: about two minutes on
+    2 cores), what the tests and the preference benchmarks train on."""
+    folder = CACHE / f"tiny-{arch}"
+    if not (folder / "slmforge.json").is_file():
+        from slmforge.models.tiny import build
+
+        log(f"building {folder} (minutes)")
+        build(arch, folder, force=True)
+    return folder
