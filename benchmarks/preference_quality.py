@@ -7,12 +7,13 @@ answers against the SFT-only adapter's (issue 23's acceptance), on the tiny pret
           and its preferred answer) for SFT and for eval
 2. sft    LoRA SFT on the train part's supervised form: the SFT-only adapter, merged (--merge)
 3. dpo    DPO LoRA on the merged SFT model (reference: that model, the adapter switched off),
+   dpo-nll the same with --dpo-nll-weight (the chosen answer's NLL beside the DPO loss: RPO),
    orpo   ORPO LoRA likewise, and orpo-base: ORPO LoRA on the pretrained base (ORPO's
           single-stage use); all on the train pairs with --eval-data the held-out pairs:
           eval_reward_accuracy at step 0, every --eval-every steps and at the end
-4. eval   `slmforge eval` (f1, rougeL; no judge) of sft-only, sft_dpo, sft_orpo and orpo_only
-          on the held-out prompts against their preferred answers: means with 95% bootstrap
-          intervals and the paired comparisons with the SFT-only adapter
+4. eval   `slmforge eval` (f1, rougeL; no judge) of sft-only, sft_dpo, sft_dpo_nll, sft_orpo
+          and orpo_only on the held-out prompts against their preferred answers: means with 95%
+          bootstrap intervals and the paired comparisons with the SFT-only adapter
 
 Everything runs through the library entry points the CLI calls (`finetune`, `run_split`,
 `run_eval`). Run:
@@ -154,6 +155,9 @@ def main() -> None:
     parser.add_argument("--pref-steps", type=int, default=100)
     parser.add_argument("--dpo-lr", type=float, default=5e-5)
     parser.add_argument("--beta", type=float, default=0.1, help="DPO's beta.")
+    parser.add_argument(
+        "--dpo-nll-weight", type=float, default=1.0, help="The dpo-nll run's --dpo-nll-weight."
+    )
     parser.add_argument("--orpo-lr", type=float, default=1e-3)
     parser.add_argument(
         "--orpo-lambda",
@@ -204,11 +208,14 @@ def main() -> None:
     # alone on the pretrained base (its single-stage use: SFT and preference in one loss)
     plan = [
         ("dpo", merged, "dpo", "sft_dpo"),
+        ("dpo-nll", merged, "dpo", "sft_dpo_nll"),
         ("orpo", merged, "orpo", "sft_orpo"),
         ("orpo-base", args.model, "orpo", "orpo_only"),
     ]
     for name, base, objective, target in plan:
         own = {"beta": args.beta} if objective == "dpo" else {"orpo_lambda": args.orpo_lambda}
+        if name == "dpo-nll":  # DPO plus the chosen answer's NLL (RPO)
+            own["dpo_nll_weight"] = args.dpo_nll_weight
         lr = args.dpo_lr if objective == "dpo" else args.orpo_lr
         out, records, seconds = train(
             args,

@@ -62,6 +62,7 @@ def test_dpo_method_maps_to_the_dpo_objective_with_its_beta(store: JobStore) -> 
         "batch_size": 4,
         "learning_rate_multiplier": 1.0,
         "beta": 0.3,
+        "dpo_nll_weight": 0.0,  # slmforge's own DPO option, reported as trained with
     }
     assert total == 10
     # "auto" (or no beta) is the objective's default, reported as the value trained with
@@ -179,6 +180,7 @@ def test_job_object_reports_the_method_as_openai_does(store: JobStore) -> None:
                 "batch_size": 4,
                 "learning_rate_multiplier": 1.0,
                 "beta": 0.2,
+                "dpo_nll_weight": 0.0,
             }
         },
     }

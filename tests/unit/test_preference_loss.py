@@ -60,6 +60,21 @@ def test_dpo_is_the_sigmoid_loss_of_the_log_ratio_margin() -> None:
     assert _close(out.chosen_logp, CHOSEN) and _close(out.rejected_logp, REJECTED)
 
 
+def test_dpo_with_an_nll_weight_adds_the_chosen_answers_mean_token_loss() -> None:
+    reference = _logps(REF_CHOSEN, REF_REJECTED)
+    plain = dpo_loss(POLICY, reference, 0.1)
+    rpo = dpo_loss(POLICY, reference, 0.1, nll_weight=0.5)
+    nll = [-c / n for c, n in zip(CHOSEN, CHOSEN_TOKENS, strict=True)]
+    assert _close(
+        rpo.losses, [p + 0.5 * x for p, x in zip(plain.losses.tolist(), nll, strict=True)]
+    )
+    assert torch.equal(rpo.chosen_rewards, plain.chosen_rewards)  # rewards stay DPO's
+    cfg = FinetuneConfig(model="m", data="d.jsonl", out="o", objective="dpo", dpo_nll_weight=0.5)
+    assert torch.equal(PAIR_LOSSES["dpo"](POLICY, reference, cfg).losses, rpo.losses)
+    with pytest.raises(ValueError, match="--dpo-nll-weight does not apply"):
+        FinetuneConfig(model="m", data="d.jsonl", out="o", objective="simpo", dpo_nll_weight=1)
+
+
 def test_dpo_starts_at_log_2_with_tied_rewards_when_the_policy_is_the_reference() -> None:
     out = dpo_loss(POLICY, POLICY, 0.1)
     assert _close(out.losses, [math.log(2)] * 3)

@@ -41,6 +41,13 @@ class FinetuneConfig(ReadOptions):
         description="Preference strength: DPO's beta (default 0.1), SimPO's reward scale "
         "(default 2.0). Not for sft or orpo.",
     )
+    dpo_nll_weight: float = Field(
+        0.0,
+        ge=0,
+        description="DPO: weight of an NLL term on the chosen answer (its mean per-token loss; "
+        "RPO, TRL's rpo_alpha), which keeps the preferred answer's likelihood from falling as "
+        "the margin grows. 0: plain DPO.",
+    )
     orpo_lambda: float = Field(
         0.1, gt=0, description="ORPO: weight of the odds-ratio loss beside the SFT loss."
     )
@@ -114,6 +121,8 @@ class FinetuneConfig(ReadOptions):
         objective = get_objective(self.objective)
         if self.beta is not None and objective.default_beta is None:
             raise ValueError(f"--beta does not apply to --objective {self.objective}")
+        if self.dpo_nll_weight and self.objective != "dpo":
+            raise ValueError(f"--dpo-nll-weight does not apply to --objective {self.objective}")
         if objective.pairs and self.packing:
             raise ValueError(f"--packing does not apply to --objective {self.objective}")
         if self.resume and self.force:

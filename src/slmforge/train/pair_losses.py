@@ -5,7 +5,8 @@ answer tokens, with the token counts), and for DPO the reference model's, and re
 per pair with the rewards its metrics report (as TRL reports them):
 
   dpo    -log σ(β[(πc - rc) - (πr - rr)]), π and r summed log-probabilities (Rafailov et al.
-         2023, the sigmoid loss); rewards β(π - r)
+         2023, the sigmoid loss); rewards β(π - r); with --dpo-nll-weight α, plus α times the
+         chosen answer's NLL (its mean per-token loss: RPO, Pang et al. 2024, TRL's rpo_alpha)
   orpo   NLL of the chosen answer (its mean per-token loss) - λ log σ(log odds(c) - log odds(r)),
          odds from the mean per-token log-probability p̄: log odds = p̄ - log(1 - e^p̄) (Hong
          et al. 2024); rewards λ p̄
@@ -67,10 +68,14 @@ class PairLoss:
         return float((self.chosen_rewards - self.rejected_rewards).sum())
 
 
-def dpo_loss(policy: SequenceLogps, reference: SequenceLogps, beta: float) -> PairLoss:
+def dpo_loss(
+    policy: SequenceLogps, reference: SequenceLogps, beta: float, nll_weight: float = 0.0
+) -> PairLoss:
     chosen_ratio = policy.chosen - reference.chosen
     rejected_ratio = policy.rejected - reference.rejected
     losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    if nll_weight:
+        losses = losses - nll_weight * policy.means()[0]
     return PairLoss(
         losses,
         beta * chosen_ratio.detach(),
@@ -118,7 +123,7 @@ PairLossFn = Callable[[SequenceLogps, "SequenceLogps | None", FinetuneConfig], P
 def _dpo(policy: SequenceLogps, reference: SequenceLogps | None, cfg: FinetuneConfig) -> PairLoss:
     if reference is None:
         raise ValueError("DPO needs the reference model's log-probabilities")
-    return dpo_loss(policy, reference, cfg.effective_beta or 0.0)
+    return dpo_loss(policy, reference, cfg.effective_beta or 0.0, cfg.dpo_nll_weight)
 
 
 PAIR_LOSSES: dict[str, PairLossFn] = {
