@@ -155,23 +155,91 @@ def test_gptq_lowers_every_layer_reconstruction_error(tiny_model, travel):
             assert error(gptq(weight, hessian)) < error(rtn(weight)), name
 
 
-def test_switchable_adapters_on_a_gptq_base(tiny_model, llama_adapters, travel, tmp_path):
-    """GPTQ quantizes the base; the LoRA MatMuls stay float and switch per request, and each
-    adapter passes verification against PyTorch base + that adapter."""
+def test_awq_lowers_every_layer_reconstruction_error(outlier_llama, travel):
+    """On the calibration activations of the float model: the weight the AWQ build rounds
+    (scaled, clipped), rounded to nearest and scaled back, is never further than plain RTN for
+    any Linear (o_proj under grouped-query attention is left as it is) and closer per layer."""
+    from slmforge.models.load import load_tokenizer
+    from slmforge.optimize import calibration
+    from slmforge.optimize.awq import scale_model
+    from slmforge.optimize.gptq import layer_hessians, rtn
+
+    calib = calibration.calibration_windows(
+        travel["calibration"], load_tokenizer(outlier_llama), 8, 128, 2048
+    )
+    scaled = calibration.load_source(outlier_llama, trust_remote_code=False)
+    applied = scale_model(scaled, calib.windows, 4, 32, True)
+    reads = {a.module(name): a.scale for a in applied for name in a.group.linears}
+    writes = {a.module(a.group.producer): a.scale for a in applied}
+    awq_modules = dict(scaled.named_modules())
+    model = calibration.load_source(outlier_llama, trust_remote_code=False)
+    for prefix, layer, inputs in calibration.layer_by_layer(model, calib.windows, "test"):
+        totals = {"awq": 0.0, "rtn": 0.0}
+        for name, hessian in layer_hessians(layer, inputs).items():
+            full = f"{prefix}.{name}"
+            weight = dict(layer.named_modules())[name].weight.detach()
+            rounded = rtn(awq_modules[full].weight.detach().float()).dequantize()
+            rounded = rounded / reads.get(full, 1.0)  # it reads x / s ...
+            rounded = (
+                rounded * writes.get(full, torch.ones(len(weight)))[:, None]
+            )  # ... writes y / s
+
+            def error(effective, weight=weight, hessian=hessian) -> float:
+                delta = effective - weight  # tr(D H D^T) = ||X D^T||^2
+                return float(torch.einsum("oi,ij,oj->", delta, hessian, delta))
+
+            awq, plain = error(rounded), error(rtn(weight).dequantize())
+            assert awq <= plain * 1.001, full
+            totals["awq"] += awq
+            totals["rtn"] += plain
+        assert totals["awq"] < 0.9 * totals["rtn"], (prefix, totals)
+
+
+@pytest.fixture(scope="module")
+def outlier_adapters(llama_adapters, outlier_llama, tmp_path_factory) -> dict[str, Path]:
+    """The tiny llama's adapters as plain PEFT folders of the outlier llama (the same float
+    function, so they mean the same there): AWQ scales its outlier channels by ~16, which an
+    adapter that was not rewritten for the scaled base would get wrong."""
+    root = tmp_path_factory.mktemp("outlier-adapters")
+    out = {}
+    for name, path in llama_adapters.items():
+        folder = root / name
+        folder.mkdir()
+        for file in ("adapter_model.safetensors", "adapter_config.json"):
+            (folder / file).write_bytes((path / file).read_bytes())
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = str(outlier_llama)
+        (folder / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+        out[name] = folder
+    return out
+
+
+@pytest.mark.parametrize("algo", ["gptq", "awq"])
+def test_switchable_adapters_on_a_calibrated_base(
+    algo, outlier_llama, outlier_adapters, travel, tmp_path
+):
+    """The base is quantized by GPTQ or AWQ (scales folded into the norms, adapters rewritten
+    to match); the LoRA MatMuls stay float and switch per request, and each adapter passes
+    verification against PyTorch base + that adapter, as close as the base is to its own."""
     out = optimize(
         OptimizeConfig(
-            model=str(tiny_model("llama")),
-            out=tmp_path / "gptq-adapters",
-            adapter=[f"{name}={path}" for name, path in llama_adapters.items()],
-            int4_algo="gptq",
+            model=str(outlier_llama),
+            out=tmp_path / f"{algo}-adapters",
+            adapter=[f"{name}={path}" for name, path in outlier_adapters.items()],
+            int4_algo=algo,
             calibration_data=travel["calibration"],
+            verify_data=travel["heldout"],
             **CALIBRATION,
             **VERIFY,
         )
     )
-    parity = read_manifest(out).metrics["parity"]
-    assert set(parity) == {"base", *llama_adapters}
+    manifest = read_manifest(out)
+    parity = manifest.metrics["parity"]
+    assert set(parity) == {"base", *outlier_adapters}
     assert all(p["kl"] < 0.15 for p in parity.values()), parity
+    if algo == "awq":
+        calibration = manifest.details["quantization"]["calibration"]
+        assert calibration["awq_rescaled_adapters"] == list(outlier_adapters)
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slmforge.optimize.awq import scale_groups, scale_model, search_scale
+from slmforge.optimize.awq import scale_groups, scale_model, search_clip, search_scale
 from slmforge.optimize.gptq import rtn
 
 
@@ -36,6 +36,32 @@ def test_scale_search_keeps_round_to_nearest_when_nothing_stands_out():
     exact = x @ weight.T
     searched = ((x @ (rtn(weight * scale).dequantize() / scale).T - exact) ** 2).mean()
     assert searched <= ((x @ rtn(weight).dequantize().T - exact) ** 2).mean()
+
+
+def _output_error(x: torch.Tensor, rounded: torch.Tensor, weight: torch.Tensor) -> float:
+    return float(((x @ (rounded - weight).T) ** 2).mean())
+
+
+def test_clip_search_lowers_the_output_error_of_weights_with_outliers():
+    """Clipping a block's outlier weight gives the rest a finer grid: on the calibration rows
+    the clipped-then-rounded weight is closer than plain round-to-nearest, and never worse,
+    because ratio 1 (no clipping) is in the search."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(512, 128, generator=g)
+    weight = torch.randn(96, 128, generator=g)
+    spikes = torch.rand(96, 128, generator=g) < 0.01
+    weight[spikes] *= 8  # a few large weights, as trained LLMs have
+    clipped, ratios = search_clip(x, weight, 4, 32, True)
+    plain = _output_error(x, rtn(weight).dequantize(), weight)
+    searched = _output_error(x, rtn(clipped).dequantize(), weight)
+    assert ratios.shape == (96, 4) and (ratios < 1).any()
+    assert searched < 0.97 * plain, (searched, plain)
+    calm = torch.randn(32, 64, generator=g)  # no outliers: clipping helps little, never hurts
+    x_calm = torch.randn(256, 64, generator=g)
+    clipped_calm, _ = search_clip(x_calm, calm, 4, 32, True)
+    assert _output_error(x_calm, rtn(clipped_calm).dequantize(), calm) <= _output_error(
+        x_calm, rtn(calm).dequantize(), calm
+    )
 
 
 def _tiny(arch: str):
@@ -73,11 +99,68 @@ def test_folded_scales_leave_the_model_unchanged(arch, groups):
     ids = torch.tensor([windows[0]])
     with torch.no_grad():
         before = model(input_ids=ids).logits
-    alphas = scale_model(model, windows, 4, 32, True)
+    applied = scale_model(model, windows, 4, 32, True, clip=False)
     with torch.no_grad():
         after = model(input_ids=ids).logits
-    assert len(alphas) == 2 * len(groups)
+    assert len(applied) == 2 * len(groups) + 1  # and the (untied) LM head's group
+    assert applied[-1].group.producer == "model.norm" and applied[-1].module("lm_head") == "lm_head"
     assert torch.allclose(before, after, atol=1e-4), (before - after).abs().max()
-    assert any(alpha > 0 for alpha in alphas.values())  # the outlier channels were scaled
+    assert any(a.alpha > 0 for a in applied)  # the outlier channels were scaled
     norm = model.model.layers[0].input_layernorm.weight
     assert norm[:3].max() < 20.0  # 1/s went into the norm
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_rescaled_lora_on_the_scaled_base_is_the_same_model(arch):
+    """A LoRA adapter on every Linear: after AWQ scales the base, `rescale_lora` gives an
+    adapter that computes what the original did on the original base (lora_A reads x / s,
+    producer lora_B rows are divided by s, fused rows included); the unchanged adapter does
+    not."""
+    from peft import (
+        LoraConfig,
+        get_peft_model,
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
+
+    from slmforge.optimize.awq import rescale_lora
+
+    targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    if arch == "llama":
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        targets.append("lm_head")  # reads the scaled final norm
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    windows = [
+        torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(i)).tolist()
+        for i in range(3)
+    ]
+    ids = torch.tensor([windows[0]])
+    torch.manual_seed(3)
+    original = get_peft_model(_tiny(arch), config).eval()
+    tensors = get_peft_model_state_dict(original)
+    with torch.no_grad():
+        expected = original(input_ids=ids).logits
+    scaled_base = _tiny(arch)
+    applied = scale_model(scaled_base, windows, 4, 32, True, clip=False)
+    assert any(float((a.scale - 1).abs().max()) > 0.5 for a in applied)
+
+    def logits(adapter: dict) -> torch.Tensor:
+        model = get_peft_model(_tiny_scaled(arch, applied), config).eval()
+        set_peft_model_state_dict(model, adapter)
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    rescaled = logits(rescale_lora(tensors, applied))
+    assert torch.allclose(rescaled, expected, atol=1e-4), (rescaled - expected).abs().max()
+    assert not torch.allclose(logits(tensors), expected, atol=1e-2)
+
+
+def _tiny_scaled(arch: str, applied: list) -> torch.nn.Module:
+    """A fresh `_tiny(arch)` with the scales of `applied` folded in again."""
+    from slmforge.optimize.awq import apply_scale
+
+    model = _tiny(arch)
+    layers = dict(model.named_modules())
+    for a in applied:
+        apply_scale(layers[a.layer], a.group, a.scale)
+    return model

@@ -126,10 +126,13 @@ def _source_logits(ids: list[int]) -> np.ndarray:
 
 
 def _reference(tmp_path: Path, rows: list[list[int]]) -> compare.Reference:
+    """A source whose hidden states are its logits and whose LM head is the identity."""
     nll, positions = 0.0, 0
+    np.save(tmp_path / "head.npy", np.eye(5, dtype=np.float32))
     for k, ids in enumerate(rows):
-        log_p = compare.log_softmax(_source_logits(ids)[:-1])
-        np.save(tmp_path / f"row{k}.npy", log_p)
+        logits = _source_logits(ids)[:-1].astype(np.float32)
+        np.save(tmp_path / f"row{k}.npy", logits)
+        log_p = compare.log_softmax(logits)
         nll -= float(log_p[np.arange(len(ids) - 1), ids[1:]].sum())
         positions += len(ids) - 1
     return compare.Reference(rows, tmp_path, math.exp(nll / positions), positions)
@@ -149,6 +152,61 @@ def test_measure_is_zero_for_a_copy_and_grows_with_the_error(tmp_path, monkeypat
     assert figures[0.0]["ppl"] == pytest.approx(reference.ppl)
     assert 0 < figures[0.5]["kl"] < figures[3.0]["kl"]
     assert figures[3.0]["agreement"] < 1.0
+
+
+def test_streamed_measurement_equals_the_whole_log_probs(tmp_path, monkeypatch):
+    """The source pass keeps hidden states and the LM head, not log-probs: the figures are
+    the ones computed from whole [positions, vocab] log-probs held in memory, and the scratch
+    folder holds nothing vocabulary-sized per row."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(compare, "POSITION_CHUNK", 7)  # rows span several chunks
+    monkeypatch.setattr(  # no tokenizer needed: the rows are token ids already
+        "slmforge.models.load.load_causal_lm",
+        lambda path, dtype, trust_remote_code: AutoModelForCausalLM.from_pretrained(path),
+    )
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 300, size=n).tolist() for n in (20, 9, 33)]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    reference = compare.source_pass(tmp_path / "model", rows, scratch, False)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    with torch.inference_mode():
+        whole = [model(input_ids=torch.tensor([ids])).logits[0].numpy() for ids in rows]
+    noise = {len(ids): rng.normal(0, 0.3, size=(len(ids), 300)) for ids in rows}
+
+    def variant(ids: list[int]) -> np.ndarray:
+        return whole[[len(r) for r in rows].index(len(ids))] + noise[len(ids)]
+
+    kl = nll = nll_source = agree = 0.0
+    for ids, logits in zip(rows, whole, strict=True):
+        log_p = compare.log_softmax(logits[:-1].astype(np.float64))
+        log_q = compare.log_softmax(variant(ids)[:-1].astype(np.float64))
+        kl += float((np.exp(log_p) * (log_p - log_q)).sum())
+        agree += int((log_p.argmax(-1) == log_q.argmax(-1)).sum())
+        nll -= float(log_q[np.arange(len(ids) - 1), ids[1:]].sum())
+        nll_source -= float(log_p[np.arange(len(ids) - 1), ids[1:]].sum())
+    positions = sum(len(ids) - 1 for ids in rows)
+    figures = compare.score(variant, reference)
+    assert reference.positions == positions
+    assert reference.ppl == pytest.approx(math.exp(nll_source / positions), rel=1e-5)
+    assert figures["kl"] == pytest.approx(kl / positions, rel=1e-4)
+    assert figures["agreement"] == agree / positions
+    assert figures["ppl"] == pytest.approx(math.exp(nll / positions), rel=1e-5)
+    sizes = {f.name: np.load(f, mmap_mode="r").shape for f in scratch.glob("row*.npy")}
+    assert sizes == {f"row{k}.npy": (len(ids) - 1, 32) for k, ids in enumerate(rows)}
 
 
 def _variants() -> list[Variant]:

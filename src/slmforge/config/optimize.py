@@ -187,11 +187,6 @@ class OptimizeConfig(StrictModel):
                 f"--int4-algo {algo} needs --calibration-data FILE: prompts from your own data "
                 "(e.g. the training file), which optimize never downloads"
             )
-        if algo == "awq" and self.adapter:
-            raise ValueError(
-                "--int4-algo awq rescales the inputs LoRA adapters read; use --int4-algo gptq "
-                "with --adapter"
-            )
 
     def _check_ladder(self) -> None:
         if self.eval_data is None:

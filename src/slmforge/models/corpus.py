@@ -5,12 +5,15 @@ with Python source are read with `ast` rather than imported, so nothing runs (no
 `antigravity`, no poem from `this`, no Tk window); only built-in and extension modules, which
 have no source, are imported to read their docstrings. On top of that come chats made from those
 docstrings, rendered through the model's chat template, so the model has seen its chat markers.
+`split_corpus` holds some docstrings out (never trained on, and neither are their chats), so a
+model's next-token accuracy can be measured on text of its own domain that it has not seen.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -150,8 +153,8 @@ def stdlib_docstrings(max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str, ...]:
 _CHAT_DOCS = 600  # enough chats for the model to learn its template's markers
 
 
-def chat_documents(fmt: ChatFormat, docs: tuple[str, ...]) -> list[str]:
-    """Chats made from docstrings (summarize the body -> its summary line) in the format.
+def summary_chats(docs: tuple[str, ...], limit: int | None = _CHAT_DOCS) -> list[list[dict]]:
+    """Chats made from docstrings (summarize the body -> its summary line), as messages.
 
     They teach the chat markers and turn-taking without showing the model any of the data it
     will be fine-tuned on later, so fine-tuning in tests and the demo has something to learn.
@@ -162,17 +165,43 @@ def chat_documents(fmt: ChatFormat, docs: tuple[str, ...]) -> list[str]:
         body = body.strip()
         if len(body) < _MIN_DOC_CHARS or len(summary) < 20:
             continue
-        messages = [
-            {"role": "user", "content": f"Summarize in one line: {body[:400]}"},
-            {"role": "assistant", "content": summary.strip()},
-        ]
-        chats.append(render(fmt, messages))
-        if len(chats) == _CHAT_DOCS:
+        chats.append(
+            [
+                {"role": "user", "content": f"Summarize in one line: {body[:400]}"},
+                {"role": "assistant", "content": summary.strip()},
+            ]
+        )
+        if len(chats) == limit:
             break
     return chats
+
+
+def chat_documents(fmt: ChatFormat, docs: tuple[str, ...]) -> list[str]:
+    """`summary_chats` of `docs` rendered in the chat format."""
+    return [render(fmt, messages) for messages in summary_chats(docs)]
 
 
 def build_corpus(fmt: ChatFormat, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
     """The documents a tiny model is pretrained on (and its tokenizer trained on)."""
     docs = stdlib_docstrings(max_chars)
     return [*docs, *chat_documents(fmt, docs)]
+
+
+def is_heldout(doc: str, every: int) -> bool:
+    """Whether `doc` is one of the 1-in-`every` held-out documents: chosen by the sha256 of its
+    body (the text after its summary line, or all of it when it has one line), so the split
+    does not depend on the order or number of the other documents, and docstrings that repeat
+    one body under different summaries (overrides of a documented method) fall on one side."""
+    body = doc.partition("\n")[2].strip() or doc
+    return int.from_bytes(hashlib.sha256(body.encode("utf-8")).digest()[:8], "big") % every == 0
+
+
+def split_corpus(
+    fmt: ChatFormat, every: int, max_chars: int = DEFAULT_MAX_CHARS
+) -> tuple[list[str], list[str]]:
+    """`build_corpus` split into (training, held-out) documents: about 1 in `every` docstrings
+    held out, each with the chat made from it, so no held-out text reaches training."""
+    docs = stdlib_docstrings(max_chars)
+    train = tuple(doc for doc in docs if not is_heldout(doc, every))
+    heldout = tuple(doc for doc in docs if is_heldout(doc, every))
+    return [*train, *chat_documents(fmt, train)], [*heldout, *chat_documents(fmt, heldout)]

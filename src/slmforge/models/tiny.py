@@ -36,6 +36,9 @@ class SizeSpec:
     batch: int = 16
     seq_len: int = 128
     corpus_chars: int = 1_500_000
+    # 1 in this many docstrings (and their chats) held out of training and of the tokenizer,
+    # and scored after pretraining (`heldout_metrics`); 0: train on everything
+    heldout_every: int = 0
 
 
 SIZES = {
@@ -52,6 +55,22 @@ SIZES = {
         pretrain_steps=600,
         lr=2e-3,
     ),
+    # ~4.2M parameters: the quantization benchmark's reference model (benchmarks/
+    # quant_quality.py), trained until quantization quality means something: 1 in 20
+    # docstrings held out. Measured on the shared 2-core VM (one thread): held-out next-token
+    # accuracy 23.8% at 400 steps, 26.7% at 500, 29.5% at 800 (690 s of pretraining). A
+    # vocabulary of 4096 (5.2M parameters) reached only 23.9% in 500 steps: longer tokens.
+    "bench": SizeSpec(
+        vocab=2048,
+        layers=4,
+        hidden=256,
+        heads=4,
+        kv_heads=2,
+        intermediate=768,
+        pretrain_steps=800,
+        lr=2e-3,
+        heldout_every=20,
+    ),
     # ~95M parameters for benchmarks; each step takes seconds on a laptop CPU, so only a few.
     "small": SizeSpec(
         vocab=8192,
@@ -65,6 +84,7 @@ SIZES = {
     ),
 }
 _WARMUP_FRACTION = 0.05
+_HELDOUT_WINDOWS = 256  # at most this many seq_len windows of held-out text are scored
 _MAX_POSITIONS = 2048
 
 
@@ -199,6 +219,29 @@ def pretrain(model: Any, stream: Any, spec: SizeSpec, steps: int, seed: int) -> 
     }
 
 
+def heldout_metrics(model: Any, stream: Any, seq_len: int) -> dict[str, float]:
+    """Next-token accuracy and loss on consecutive `seq_len` windows of a held-out stream."""
+    import torch
+
+    model.eval()
+    correct = total = 0
+    loss = 0.0
+    starts = range(0, len(stream) - 1, seq_len)[:_HELDOUT_WINDOWS]
+    with torch.inference_mode():
+        for start in starts:
+            window = stream[start : start + seq_len + 1]
+            logits = model(input_ids=window[None, :-1]).logits[0]
+            targets = window[1:]
+            correct += int((logits.argmax(-1) == targets).sum())
+            total += len(targets)
+            loss += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+    return {
+        "heldout_accuracy": round(correct / total, 4),
+        "heldout_loss": round(loss / total, 4),
+        "heldout_tokens": total,
+    }
+
+
 def generation_config(tokenizer: Any, fmt: ChatFormat) -> Any:
     from transformers import GenerationConfig
 
@@ -224,7 +267,7 @@ def build(
     from transformers import AutoModelForCausalLM
 
     from slmforge.errors import InputError
-    from slmforge.models.corpus import build_corpus
+    from slmforge.models.corpus import build_corpus, split_corpus
     from slmforge.models.load import quiet_transformers
 
     if arch not in ARCHES:
@@ -236,13 +279,20 @@ def build(
     steps = spec.pretrain_steps if pretrain_steps is None else pretrain_steps
 
     progress.info(f"Gathering the pretraining corpus for a {size} {arch} model")
-    docs = build_corpus(fmt, spec.corpus_chars)
+    heldout: list[str] = []
+    if spec.heldout_every:
+        docs, heldout = split_corpus(fmt, spec.heldout_every, spec.corpus_chars)
+    else:
+        docs = build_corpus(fmt, spec.corpus_chars)
     tokenizer = train_tokenizer(docs, fmt, spec.vocab)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(
         model_config(arch, spec, tokenizer), dtype=torch.float32
     )
     metrics = pretrain(model, _token_stream(tokenizer, docs), spec, steps, seed)
+    if heldout:
+        metrics |= heldout_metrics(model, _token_stream(tokenizer, heldout), spec.seq_len)
+        metrics["heldout_documents"] = len(heldout)
     model.generation_config = generation_config(tokenizer, fmt)
 
     quiet_transformers()

@@ -16,10 +16,11 @@ peak memory is the loaded model plus the packed weights plus one matrix. Configu
 pass does not cover (QDQ format, quantized embeddings, mixed-bit overrides, CUDA prepacking)
 run the builder's own `to_nbits` unchanged.
 
-With `--slmforge-weights FILE` (GPTQ, optimize/gptq.py), the decoder layers' MatMuls take their
-packed weights from FILE instead of rounding: the node and initializer names and layouts stay
-the ones the quantizer gives (`precomputed_arrays` maps the builder's nodes to the Hugging Face
-modules, fused q/k/v included), and each is checked against the float weight it replaces.
+With `--slmforge-weights FILE` (GPTQ, optimize/gptq.py), the decoder layers' MatMuls (and an
+untied LM head's) take their packed weights from FILE instead of rounding: the node and
+initializer names and layouts stay the ones the quantizer gives (`precomputed_arrays` maps the
+builder's nodes to the Hugging Face modules, fused q/k/v included), and each is checked against
+the float weight it replaces.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def quantize_weight(model: Any, node: Any, weight: Any) -> tuple[list[Any], dict
 # Precomputed packed weights (`--slmforge-weights`), opened lazily by `main`.
 PRECOMPUTED: Any = None
 _LAYER_MATMUL = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMul$")
+_LM_HEAD = "/lm_head/MatMul"  # precomputed when GPTQ quantized an untied head
 _HF_PARENT = {"attn": "self_attn", "mlp": "mlp"}
 _FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}  # the builder fuses these
 _HALVES = {"gate_proj": 0, "up_proj": 1}  # of a checkpoint's fused gate_up_proj (phi3)
@@ -196,16 +198,19 @@ _PACKED_SUFFIXES = ("_Q4", "_Q8", "_scales", "_zero_points")
 
 def precomputed_arrays(store: Any, node_name: str, weight_name: str, cols: int) -> dict | None:
     """The packed arrays `store` (a safetensors file, keys `<HF module><suffix>`) holds for a
-    builder MatMul node, named as the quantizer names them; None outside the decoder layers.
+    builder MatMul node, named as the quantizer names them; None outside the decoder layers
+    and the LM head, and for an LM head the store does not hold (a tied one).
     Rows are output channels, so a fused node's arrays are its modules' arrays stacked."""
     import numpy as np
 
-    match = _LAYER_MATMUL.match(node_name)
-    if match is None:
-        return None
-    layer, part, proj = match.groups()
-    prefix = f"model.layers.{layer}.{_HF_PARENT[part]}."
     keys = set(store.keys())
+    if node_name == _LM_HEAD:
+        prefix, proj = "", "lm_head"
+    elif (match := _LAYER_MATMUL.match(node_name)) is not None:
+        layer, part, proj = match.groups()
+        prefix = f"model.layers.{layer}.{_HF_PARENT[part]}."
+    else:
+        return None
     sources: list[tuple[str, slice]] = []
     if f"{prefix}{proj}_scales" in keys:
         sources = [(prefix + proj, slice(None))]

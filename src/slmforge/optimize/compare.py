@@ -13,9 +13,13 @@ Each entry is built by the ordinary `optimize()` (checks, calibration, build, ve
   variant's manifest records it (verification excluded); `tokens_per_s`: greedy decode of one
   stream after a short prompt, warmed up first.
 
-Memory stays bounded by one row: the source's log-softmax is computed once per row and kept in a
-scratch folder (not in memory), and each variant reads it back row by row. The whole ladder is one
-artifact folder, so a failure anywhere leaves nothing behind.
+Memory and disk stay bounded: the source's log-probs are never kept (rows x tokens x vocab x 4
+bytes would be ~10 GB at a 150k vocabulary and 32 rows of 512 tokens). The source pass keeps
+each row's final hidden states (tokens x hidden) and the LM head's weight once in a scratch
+folder; each variant recomputes the source's logits from them, a few positions at a time
+(`POSITION_CHUNK`), so at most one row of the variant's logits and one chunk of the source's
+are in memory. The whole ladder is one artifact folder, so a failure anywhere leaves nothing
+behind.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
@@ -42,6 +47,7 @@ KIND = "optimize_compare"
 PROMPT_TOKENS = 32  # the decode-speed prompt: short, so decoding dominates the timing
 DECODE_TOKENS = 64
 WARMUP_TOKENS = 8
+POSITION_CHUNK = 64  # source positions whose logits are recomputed at once
 
 
 @dataclass
@@ -60,12 +66,24 @@ class Variant:
 
 @dataclass
 class Reference:
-    """The source model's side of the measurement: rows, and where their log-probs are."""
+    """The source model's side of the measurement: rows, and where their hidden states and
+    the LM head are kept (`source_pass`)."""
 
     rows: list[list[int]]
     scratch: Path
     ppl: float
     positions: int
+
+    def head(self) -> np.ndarray:
+        """The LM head's weight [vocab, hidden], fp32, memory-mapped."""
+        return np.load(self.scratch / "head.npy", mmap_mode="r")
+
+    def log_probs(self, k: int) -> Iterator[np.ndarray]:
+        """The source's log-probs [positions, vocab] of row `k`, `POSITION_CHUNK` at a time."""
+        head = self.head()
+        hidden = np.load(self.scratch / f"row{k}.npy")
+        for start in range(0, len(hidden), POSITION_CHUNK):
+            yield log_softmax(hidden[start : start + POSITION_CHUNK] @ head.T)
 
 
 def compare(cfg: OptimizeConfig) -> Path:
@@ -149,46 +167,66 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def source_pass(
     source: Path, rows: list[list[int]], scratch: Path, trust_remote_code: bool
 ) -> Reference:
-    """Run the source model once per row; keep its log-probs on disk, return its perplexity."""
+    """Run the source model once per row; keep its final hidden states and LM head on disk
+    (`Reference.log_probs` recomputes the logits from them); return its perplexity."""
     import torch
 
     from slmforge.models.load import load_causal_lm
 
     model = load_causal_lm(source, dtype="float32", trust_remote_code=trust_remote_code)
-    nll, positions = 0.0, 0
+    head = model.get_output_embeddings().weight.detach().float().numpy()
+    np.save(scratch / "head.npy", head)
+    reference = Reference(rows, scratch, 0.0, 0)
+    nll = 0.0
     with progress.task("ladder: source model", total=len(rows)) as task, torch.inference_mode():
         for k, ids in enumerate(rows):
-            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float().numpy()
-            log_p = log_softmax(logits)
-            np.save(scratch / f"row{k}.npy", log_p)
-            nll -= float(log_p[np.arange(len(ids) - 1), ids[1:]].sum())
-            positions += len(ids) - 1
+            decoder = model.get_decoder()(input_ids=torch.tensor([ids]))
+            np.save(scratch / f"row{k}.npy", decoder.last_hidden_state[0, :-1].float().numpy())
+            targets = np.asarray(ids[1:])
+            for start, log_p in zip(
+                range(0, len(targets), POSITION_CHUNK), reference.log_probs(k), strict=True
+            ):
+                picked = targets[start : start + len(log_p)]
+                nll -= float(log_p[np.arange(len(picked)), picked].sum())
+            reference.positions += len(targets)
             task.advance()
     del model
-    return Reference(rows, scratch, math.exp(nll / positions), positions)
+    reference.ppl = math.exp(nll / reference.positions)
+    return reference
 
 
 def measure(folder: Path, reference: Reference) -> dict[str, float]:
-    """kl, agreement and ppl of the ONNX model in `folder` against the source, teacher-forced."""
+    """kl, agreement, ppl and decode speed of the ONNX model in `folder` against the source."""
     from slmforge.runtime.onnx_engine import OnnxEngine
 
     engine = OnnxEngine(folder)
+    figures = score(engine.logits, reference)
+    figures["tokens_per_s"] = decode_speed(engine, reference.rows[0][:PROMPT_TOKENS])
+    return figures
+
+
+def score(logits_of: Callable[[list[int]], Any], reference: Reference) -> dict[str, float]:
+    """kl, agreement and ppl of a model (`logits_of(ids)` -> [len, vocab]) against the source,
+    teacher-forced over the reference rows."""
     kl = nll = 0.0
     agree = 0
     for k, ids in enumerate(reference.rows):
-        log_p = np.load(reference.scratch / f"row{k}.npy")
-        logits = np.asarray(engine.logits(ids), dtype=np.float32)[: len(ids) - 1]
-        log_q = log_softmax(logits[:, : log_p.shape[-1]])  # the builder may pad the vocab
-        kl += float((np.exp(log_p) * (log_p - log_q)).sum())
-        agree += int((log_p.argmax(-1) == log_q.argmax(-1)).sum())
-        nll -= float(log_q[np.arange(len(ids) - 1), ids[1:]].sum())
+        logits = np.asarray(logits_of(ids), dtype=np.float32)
+        targets = np.asarray(ids[1:])
+        for start, log_p in zip(
+            range(0, len(targets), POSITION_CHUNK), reference.log_probs(k), strict=True
+        ):
+            # the builder may pad the vocabulary: only the source's tokens count
+            log_q = log_softmax(logits[start : start + len(log_p), : log_p.shape[-1]])
+            kl += float((np.exp(log_p) * (log_p - log_q)).sum())
+            agree += int((log_p.argmax(-1) == log_q.argmax(-1)).sum())
+            picked = targets[start : start + len(log_p)]
+            nll -= float(log_q[np.arange(len(picked)), picked].sum())
     n = reference.positions
-    speed = decode_speed(engine, reference.rows[0][:PROMPT_TOKENS])
     return {
         "kl": max(kl / n, 0.0),  # float rounding can give -1e-9 for an exact copy
         "agreement": agree / n,
         "ppl": math.exp(nll / n),
-        "tokens_per_s": speed,
     }
 
 

@@ -205,11 +205,15 @@ def quantize_model(
 ) -> dict[str, torch.Tensor]:
     """GPTQ of every decoder-layer Linear of `model`, layer by layer: each layer's Hessians come
     from the outputs of the layers before it as already quantized, so later layers compensate
-    for earlier rounding. Returns the packed `MatMulNBits` arrays keyed `<module name><suffix>`
-    (suffixes as `pack_matmul_nbits`); the LM head and embedding are left to the builder."""
+    for earlier rounding; then of the LM head, on the final norm of the last layer's outputs,
+    unless it is tied to the embedding (whose lookups would then read GPTQ's codes, which
+    suit the head's inputs, not the embedding's). Returns the packed `MatMulNBits` arrays keyed
+    `<module name><suffix>` (suffixes as `pack_matmul_nbits`); a tied head is left to the
+    builder's rounding."""
     from slmforge.optimize import calibration
 
     packed: dict[str, torch.Tensor] = {}
+    last: tuple[Any, Any] | None = None
     for prefix, layer, inputs in calibration.layer_by_layer(model, windows, "GPTQ"):
         hessians = layer_hessians(layer, inputs)
         for name, linear in calibration.linears(layer):
@@ -218,4 +222,29 @@ def quantize_model(
                 linear.weight.copy_(quantized.dequantize())
             for suffix, array in pack_matmul_nbits(quantized).items():
                 packed[f"{prefix}.{name}{suffix}"] = array
+        last = (layer, inputs)
+    if last is not None and not model.config.tie_word_embeddings:
+        hessian = head_hessian(model, *last)
+        quantized = gptq(model.lm_head.weight, hessian, bits, block, symmetric)
+        for suffix, array in pack_matmul_nbits(quantized).items():
+            packed[f"lm_head{suffix}"] = array
     return packed
+
+
+@torch.no_grad()
+def head_hessian(model: Any, last_layer: Any, inputs: Any) -> torch.Tensor:
+    """X^T X of the LM head's inputs: the final norm of the (quantized) last layer's outputs."""
+    from slmforge.optimize import calibration
+
+    norm = model.model.norm
+    dtype = next(norm.parameters()).dtype
+    last_layer.float()
+    norm.float()
+    hessian = None
+    for hidden in calibration.run_layer(last_layer, inputs):
+        x = norm(hidden).reshape(-1, hidden.shape[-1])
+        hessian = x.T @ x if hessian is None else hessian + x.T @ x
+    last_layer.to(dtype)
+    norm.to(dtype)
+    assert hessian is not None  # layer_by_layer only yields with windows
+    return hessian

@@ -98,8 +98,11 @@ def calibration_estimate(
     if algo == "gptq":  # X^T X per Linear: q, k, v, gate and up read the hidden size
         parts["Hessians"] = (5 * shape.hidden**2 + q**2 + shape.intermediate**2) * 4
         parts["packed weights"] = int(
-            shape.layer_linear_params * get_precision("int4").packed_bytes_per_weight()
+            (shape.layer_linear_params + shape.head_params)
+            * get_precision("int4").packed_bytes_per_weight()
         )
+        if shape.head_params:  # an untied head: its fp32 working copy, codes and Hessian
+            parts["LM head (GPTQ)"] = shape.head_params * 5 + shape.hidden**2 * 4
     else:  # AWQ: search rows and the RTN copy of the widest group, then the scaled model saved
         widest = shape.hidden * max(q + 2 * kv, 2 * shape.intermediate)
         parts["scale search"] = 3 * widest * 4

@@ -63,11 +63,16 @@ def optimize(cfg: OptimizeConfig) -> Path:
             context,
         )
 
-    with artifact(cfg.out, "onnx_model", force=cfg.force) as art:
+    with (
+        artifact(cfg.out, "onnx_model", force=cfg.force) as art,
+        tempfile.TemporaryDirectory(prefix="slmforge-calibrated-") as scratch,
+    ):
         started = time.monotonic()
-        quantization = _calibrate_and_build(cfg, source, art.path, infos, calib)
+        quantization, built = _calibrate_and_build(
+            cfg, source, art.path, infos, calib, Path(scratch)
+        )
         genai = onnx_build.finish_folder(art.path, source, tokenizer, stop_ids, cfg.max_length)
-        switchable = _write_adapters(art.path, infos) if infos and not cfg.merge_adapter else {}
+        switchable = _write_adapters(art.path, built) if built and not cfg.merge_adapter else {}
         build_s = time.monotonic() - started
         parity = _verify(cfg, art.path, source, adapters, prompts) if cfg.verify else {}
         art.manifest.source = {"model": source_of(source, "model")} | {
@@ -120,13 +125,15 @@ def _calibrate_and_build(
     out: Path,
     infos: list[lora.AdapterInfo],
     calib: calibration.Calibration | None,
-) -> dict[str, Any] | None:
-    """Build (after the calibrated method's step, if any); the quantization the manifest
-    records, None for a float build."""
+    scratch: Path,
+) -> tuple[dict[str, Any] | None, list[lora.AdapterInfo]]:
+    """Build (after the calibrated method's step, if any). Returns the quantization the
+    manifest records (None for a float build) and the adapters as built: AWQ rewrites them
+    for its scaled base into `scratch`, which must outlive the writing of the adapters."""
     precision = get_precision(cfg.precision)
     if not precision.quantized:
         _build(cfg, source, out, infos)
-        return None
+        return None, infos
     recorded: dict[str, Any] = {
         "algo": cfg.int4_algo,
         "bits": precision.bits,
@@ -135,14 +142,13 @@ def _calibrate_and_build(
     }
     if calib is None:
         _build(cfg, source, out, infos)
-        return recorded
+        return recorded, infos
     settings = calibrated.Settings(
         precision.bits or 4, cfg.int4_block_size, cfg.int4_symmetric, cfg.trust_remote_code
     )
-    with tempfile.TemporaryDirectory(prefix="slmforge-calibrated-") as scratch:
-        prepared = calibrated.prepare(cfg.int4_algo, source, calib, settings, Path(scratch))
-        _build(cfg, prepared.source, out, infos, prepared.weights)
-    return recorded | {"calibration": prepared.details}
+    prepared = calibrated.prepare(cfg.int4_algo, source, calib, settings, scratch, infos)
+    _build(cfg, prepared.source, out, prepared.adapters, prepared.weights)
+    return recorded | {"calibration": prepared.details}, prepared.adapters
 
 
 def _build(
