@@ -14,7 +14,6 @@ from typing import Any
 
 from slmforge.data.sample import sample_pairs
 
-
 NON_PREFERRED_POOL = 10  # rows set aside whose answers are the non-preferred ones
 
 
