@@ -13,6 +13,7 @@ import pytest
 from data_helpers import word_tokenizer, write_jsonl
 from slmforge.cli.main import main
 from slmforge.data.sample import sample_pairs
+from slmforge.data.sample_preference import preference_rows
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -338,7 +339,7 @@ def test_installed_entry_point(sample: Path) -> None:
 def pairs(tmp_path: Path, capsys) -> Path:
     path = tmp_path / "pairs.jsonl"
     code, out, _ = run(capsys, "data", "sample", "--kind", "preference", "--out", str(path))
-    assert code == 0 and f"wrote {len(sample_pairs())} pairs" in out
+    assert code == 0 and f"wrote {len(preference_rows())} pairs" in out
     return path
 
 
@@ -346,12 +347,12 @@ def test_preference_sample_validates_converts_and_describes(
     pairs: Path, tmp_path: Path, capsys
 ) -> None:
     code, out, _ = run(capsys, "data", "validate", str(pairs))
-    assert code == 0 and "ok: 200 valid pairs" in out and "warning:" not in out
+    assert code == 0 and "ok: 190 valid pairs" in out and "warning:" not in out
     trl = tmp_path / "trl.jsonl"
     code, out, _ = run(
         capsys, "data", "convert", str(pairs), "--out", str(trl), "--output-format", "trl_text"
     )
-    assert code == 0 and f"wrote 200 pairs to {trl}" in out
+    assert code == 0 and f"wrote 190 pairs to {trl}" in out
     first, source = _rows(trl)[0], _rows(pairs)[0]
     assert first == {
         "prompt": source["input"]["messages"][0]["content"],
@@ -360,7 +361,7 @@ def test_preference_sample_validates_converts_and_describes(
     }
     code, out, _ = run(capsys, "data", "stats", str(trl), "--json-output")
     stats = json.loads(out)
-    assert code == 0 and stats["pairs"] == 200 and stats["repeated_prompts"] == 0
+    assert code == 0 and stats["pairs"] == 190 and stats["repeated_prompts"] == 0
     code, out, _ = run(
         capsys, "data", "stats", str(pairs), "--tokenizer", str(word_tokenizer(tmp_path / "t"))
     )
@@ -393,7 +394,7 @@ def test_preference_split_and_refusals(pairs: Path, tmp_path: Path, capsys) -> N
     code, _, _ = run(capsys, "data", "split", str(pairs), "--out-dir", str(out_dir))
     assert code == 0
     train, validation = _rows(out_dir / "train.jsonl"), _rows(out_dir / "validation.jsonl")
-    assert len(train) + len(validation) == 200 and len(validation) == 20
+    assert len(train) + len(validation) == 190 and len(validation) == 19
     assert "preferred_output" in train[0]
     code, _, err = run(
         capsys,

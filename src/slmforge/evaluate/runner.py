@@ -219,11 +219,11 @@ def _score(
     ok = [i for i, a in enumerate(answers) if a.error is None]
     scores: dict[str, list[float | None]] = {}
     for metric in metrics:
-        got = metric.score(
-            [answers[i].text for i in ok],
-            [rows[i].reference for i in ok],
-            [rows[i].tools for i in ok],
-        )
+        texts, references = [answers[i].text for i in ok], [rows[i].reference for i in ok]
+        if getattr(metric, "uses_tools", False):  # scored against each row's functions
+            got = metric.score(texts, references, [rows[i].tools for i in ok])
+        else:
+            got = metric.score(texts, references)
         column: list[float | None] = [None] * len(rows)
         for i, value in zip(ok, got, strict=True):
             column[i] = value
