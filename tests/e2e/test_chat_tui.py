@@ -87,12 +87,17 @@ def _interrupt_an_answer(child: pexpect.spawn) -> bool:
     return child.expect_exact(["(stopped; Ctrl-C again at the prompt exits)", PROMPT]) == 0
 
 
-def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(llama_onnx: Path) -> None:
-    # Plain text instead of a chat turn: greedy, the tiny model continues it for hundreds of
-    # tokens instead of ending its turn after a few words.
+def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(llama_onnx: Path, tmp_path: Path) -> None:
+    # A JSON string of at least 6000 characters: the grammar forbids ending the answer early,
+    # so it runs to --max-tokens (2000 tokens, seconds) unless Ctrl-C stops it.
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    schema = tmp_path / "long.json"
+    schema.write_text('{"type": "string", "minLength": 6000}')
     for _attempt in range(3):
-        child = spawn(str(llama_onnx), "--max-tokens", "2000", "--chat-template", template)
+        child = spawn(
+            str(llama_onnx), "--max-tokens", "2000", "--chat-template", template,
+            "--json-schema", str(schema),
+        )  # fmt: skip
         try:
             if not _interrupt_an_answer(child):
                 continue  # the answer ended before Ctrl-C: that Ctrl-C left the chat
