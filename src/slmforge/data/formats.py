@@ -371,6 +371,21 @@ def record_tools(record: dict[str, Any], at: Any) -> list[dict[str, Any]] | None
     return parse_tools(record[key], key, at) if key else None
 
 
+def open_records(
+    path: Path, options: ReadOptions, unit: str
+) -> tuple[list[Record], list[str] | None, list[Finding]]:
+    """The raw records of a data file (and its columns, for tables) with the findings of
+    reading them; an empty file is a finding that says one `unit` per line was expected."""
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    findings: list[Finding] = []
+    records, columns = container_for(path, options.input_format)(path, findings)
+    if not records and not findings:
+        message = f"file is empty (expected one {unit} per line)"
+        findings.append(bad(path, None, message, "empty_file"))
+    return records, columns, findings
+
+
 def read_with_findings(
     path: str | Path, options: ReadOptions | None = None
 ) -> tuple[list[Example], list[Finding]]:
@@ -378,15 +393,8 @@ def read_with_findings(
     cannot be opened at all."""
     path = Path(path)
     options = options or ReadOptions()
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    findings: list[Finding] = []
-    records, columns = container_for(path, options.input_format)(path, findings)
+    records, columns, findings = open_records(path, options, "example")
     if not records:
-        if not findings:
-            findings.append(
-                bad(path, None, "file is empty (expected one example per line)", "empty_file")
-            )
         return [], findings
     first = next((r for r in records if isinstance(r.value, dict)), records[0])
     keys = (

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from slmforge.config.data import ReadOptions
-from slmforge.data.containers import Record, bad, container_for
+from slmforge.data.containers import Record, bad
 from slmforge.data.conversation import CONVERSATION_RULES
 from slmforge.data.formats import (
     Where,
     detect_record_format,
     normalize_text,
+    open_records,
     pair_format_for,
     parse_message,
     text_field,
@@ -47,7 +48,7 @@ from slmforge.data.shapes import (
     example_row_message,
 )
 from slmforge.data.tools import assign_call_ids, parse_tools
-from slmforge.errors import DataError, Finding, InputError
+from slmforge.errors import DataError, Finding
 from slmforge.models.tool_format import uses_tools
 
 __all__ = [
@@ -384,15 +385,8 @@ def read_preference_with_findings(
     cannot be opened at all."""
     path = Path(path)
     options = options or ReadOptions()
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    findings: list[Finding] = []
-    records, columns = container_for(path, options.input_format)(path, findings)
+    records, columns, findings = open_records(path, options, "pair")
     if not records:
-        if not findings:
-            findings.append(
-                bad(path, None, "file is empty (expected one pair per line)", "empty_file")
-            )
         return [], findings
     first = _first_dict(records)
     keys = record_keys(first, columns)
