@@ -58,6 +58,8 @@ def test_direct_decoder_equals_onnxruntime_genai(engines, llama_onnx) -> None:
     alone, _ = engines
     genai = OnnxEngine(llama_onnx, decoder="genai")
     assert alone.direct is not None and genai.direct is None and genai.model is not None
+    options = alone.direct.session.get_session_options()
+    assert options.get_session_config_entry(onnx_batch.ALLOW_SPINNING) == "0"  # idle: sleep
     for index in range(4):
         text, finish, usage, logprobs = run(genai, index)
         expected = run(alone, index)

@@ -36,6 +36,7 @@ from slmforge.runtime.prefix_cache import PrefixCache, concatenated
 ROWS_START = 4  # rows a group's buffers start with; doubles up to the batch size
 CAPACITY_START = 256  # tokens per row the buffers start with; doubles up to the context
 _DECODER_INPUTS = {"input_ids", "attention_mask", "past_key_names", "past_value_names"}
+ALLOW_SPINNING = "session.intra_op.allow_spinning"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _INT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
@@ -100,6 +101,11 @@ class OnnxBatchModel:
         decoder = genai["model"]["decoder"]
         options = ort.SessionOptions()
         options.log_severity_level = 3  # LoRA inputs with defaults are expected, not a warning
+        # Idle pool threads sleep instead of spinning: a decode step is ~300 short ops, each
+        # ending on a barrier, and a spinning pool loses a core to any other process for whole
+        # time slices. Measured on 2 cores (0.5B int4, docs/benchmarks.md): the same speed on a
+        # quiet machine, 1.7x faster beside one busy process.
+        options.add_session_config_entry(ALLOW_SPINNING, "0")
         for key, value in decoder.get("session_options", {}).items():
             if key in ("intra_op_num_threads", "inter_op_num_threads"):
                 setattr(options, key, int(value))
