@@ -103,10 +103,30 @@ def test_a_bf16_checkpoint_trains_adapters_over_a_bf16_base_where_the_cpu_comput
     assert seen["base"] == {torch.float32} and seen["autocast"] is None
     assert read_manifest(fp32).details["precision"] == "fp32"
 
-    # a CPU without native bf16 would crawl through bf16 steps: auto stays fp32 there
+    # a CPU without native bf16 would crawl through bf16 products: auto keeps the base in bf16
+    # there but computes in fp32, and trains the same adapter as an fp32 base to bf16 rounding
     monkeypatch.setattr(memory, "cpu_computes_bf16", lambda: False)
-    slow = sft.finetune(_config(bf16_llama, travel, tmp_path / "no-native", max_steps=2))
-    assert seen["base"] == {torch.float32} and read_manifest(slow).details["precision"] == "fp32"
+    kept = sft.finetune(
+        _config(
+            bf16_llama, travel, tmp_path / "no-native", max_steps=4, eval_data=travel, samples=1
+        )
+    )
+    # linears and embeddings stay bf16 (norms become fp32); compute is fp32
+    assert seen == {
+        "base": {torch.bfloat16, torch.float32},
+        "trainable": {torch.float32},
+        "autocast": None,
+    }
+    manifest = read_manifest(kept)
+    assert manifest.details["precision"] == "bf16-weights"
+    assert manifest.metrics["train_loss_last"] < manifest.metrics["train_loss_first"]
+    assert len(manifest.details["samples"]) == 1
+    fp32_short = sft.finetune(
+        _config(bf16_llama, travel, tmp_path / "fp32-short", precision="fp32", max_steps=4)
+    )
+    assert manifest.metrics["train_loss_last"] == pytest.approx(
+        read_manifest(fp32_short).metrics["train_loss_last"], rel=1e-4
+    )
 
 
 def test_an_fp32_checkpoint_still_trains_in_fp32(tiny_model, travel, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from slmforge import progress
 from slmforge.errors import InputError
+from slmforge.train import memory
 from slmforge.train.memory import (
     GIB,
     MIB,
@@ -56,7 +57,7 @@ def test_the_checkpoint_dtype_is_read_from_the_config() -> None:
     [
         ("auto", "cpu", "lora", "bf16", True, "bf16"),  # a bf16 base stays bf16 under adapters
         ("auto", "cpu", "dora", "bf16", True, "bf16"),
-        ("auto", "cpu", "lora", "bf16", False, "fp32"),  # bf16 steps would crawl on this CPU
+        ("auto", "cpu", "lora", "bf16", False, "bf16-weights"),  # stored bf16, computed fp32
         ("auto", "cpu", "full", "bf16", True, "fp32"),  # full fine-tuning keeps fp32 masters
         ("auto", "cpu", "lora", "fp32", True, "fp32"),
         ("auto", "cpu", "lora", None, True, "fp32"),
@@ -94,7 +95,8 @@ def test_strict_memory_stops_instead_and_names_gradient_checkpointing() -> None:
         check_run(SHAPE, RUN, _between(), strict=True)
 
 
-def test_a_run_that_cannot_fit_names_stage_need_availability_and_what_fits() -> None:
+def test_a_run_that_cannot_fit_names_stage_need_availability_and_what_fits(monkeypatch) -> None:
+    monkeypatch.setattr(memory, "cpu_computes_bf16", lambda: True)
     with pytest.raises(InputError) as refused:
         check_run(SHAPE, RUN, 13 * GIB // 2, strict=False)
     message = str(refused.value)
@@ -109,6 +111,18 @@ def test_a_run_that_cannot_fit_names_stage_need_availability_and_what_fits() -> 
     assert re.search(
         r"; or a smaller model\. On a CUDA GPU, --method qlora would need ~[\d.]+ GiB\.$", message
     )
+
+
+def test_without_native_bf16_a_bf16_stored_base_is_what_fits(monkeypatch) -> None:
+    """Where bf16 products would crawl, the suggestion keeps fp32 compute over a bf16 base."""
+    monkeypatch.setattr(memory, "cpu_computes_bf16", lambda: False)
+    small = RunShape("lora", "fp32", "cpu", 1, 128, 16, True)
+    needed = small.estimate(SHAPE, dtype="bf16-weights").total
+    assert needed < small.estimate(SHAPE).total - SHAPE.params  # the weights' halving shows
+    with pytest.raises(InputError) as refused:
+        check_run(SHAPE, small, needed + MIB, strict=False)
+    assert "--precision bf16-weights (" in str(refused.value)
+    assert "--precision bf16 (" not in str(refused.value)
 
 
 def test_nothing_fits_says_so() -> None:

@@ -21,7 +21,7 @@ from slmforge.config.methods import (
 )
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "bf16-weights"]
 
 
 class FinetuneConfig(ReadOptions):
@@ -93,8 +93,10 @@ class FinetuneConfig(ReadOptions):
     device: Device = Field("auto")
     precision: Precision = Field(
         "auto",
-        description="auto: bf16/fp16 on CUDA; on CPU bf16 under adapters when the checkpoint "
-        "is bf16 and the CPU computes bf16 natively (AVX512-BF16 or AMX), else fp32.",
+        description="auto: bf16/fp16 on CUDA; on CPU, under adapters, a bf16 checkpoint keeps "
+        "its base in bf16: computed in bf16 where the CPU does so natively (AVX512-BF16 or "
+        "AMX), else in fp32 (bf16-weights: half the weight memory at fp32 speed); fp32 "
+        "otherwise.",
     )
     gradient_checkpointing: bool = Field(
         False,

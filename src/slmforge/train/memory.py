@@ -43,6 +43,11 @@ GIB = 1024**3
 MIB = 1024**2
 RUNTIME = {"cpu": 450 * MIB, "mps": 450 * MIB, "cuda": 512 * MIB}  # torch, a CUDA context
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# --precision bf16-weights (train/bf16_weights.py): the frozen base stored in bf16, computed in
+# fp32, each weight cast for its own product at most CHUNK_BYTES at a time
+WEIGHT_BYTES = DTYPE_BYTES | {"bf16-weights": 2}
+COMPUTE_BYTES = DTYPE_BYTES | {"bf16-weights": 4}
+CAST_BYTES = {"bf16-weights": 64 * MIB}
 _QUANT_SCALE_BITS = 0.127  # NF4's double-quantized absmax per 64 weights (QLoRA paper, sec. 2)
 _NORM_UNITS = 6  # two RMSNorms, each keeping input, rsqrt product and output in fp32
 _LOGIT_FP32_COPIES = 3  # fp32 copy of the shifted logits, log-softmax output, its gradient
@@ -126,11 +131,12 @@ def train_dtype(
 ) -> str:
     """The compute dtype `slmforge finetune --precision` picks on `device`.
 
-    auto: bf16 on CUDA (the caller falls back to fp16 where bf16 is unsupported). On a CPU that
-    computes bf16 natively (`cpu_bf16`, detected when None), adapter methods keep a bf16
-    checkpoint's base in bf16: half the weight memory and faster steps. Everything else trains
-    in fp32: full fine-tuning keeps fp32 master weights, an fp32 checkpoint stays fp32, and a CPU
-    without native bf16 would run bf16 steps far slower."""
+    auto: bf16 on CUDA (the caller falls back to fp16 where bf16 is unsupported). On CPU,
+    adapter methods keep a bf16 checkpoint's base in bf16: computed in bf16 where the CPU does
+    so natively (`cpu_bf16`, detected when None: half the weight memory and faster steps), else
+    computed in fp32 (`bf16-weights`: half the weight memory at fp32 speed; bf16 products
+    would crawl there). Everything else trains in fp32: full fine-tuning keeps fp32 master
+    weights and an fp32 checkpoint stays fp32."""
     if requested != "auto":
         return requested
     if device == "cuda":
@@ -138,7 +144,7 @@ def train_dtype(
     traits = get_finetune_method(method)
     if device == "cpu" and checkpoint == "bf16" and traits.adapter and traits.base_bits is None:
         native = cpu_computes_bf16() if cpu_bf16 is None else cpu_bf16
-        return "bf16" if native else "fp32"
+        return "bf16" if native else "bf16-weights"
     return "fp32"
 
 
@@ -149,15 +155,15 @@ def _weights(shape: ModelShape, method: str, dtype: str) -> int:
     if traits.base_bits is not None:
         linear = shape.layer_linear_params
         quantized = int(linear * (traits.base_bits + _QUANT_SCALE_BITS) / 8)
-        return quantized + (shape.params - linear) * DTYPE_BYTES[dtype]
-    return shape.params * DTYPE_BYTES[dtype]
+        return quantized + (shape.params - linear) * WEIGHT_BYTES[dtype]
+    return shape.params * WEIGHT_BYTES[dtype]
 
 
 def activation_bytes_per_token(
     shape: ModelShape, method: str, dtype: str, gradient_checkpointing: bool
 ) -> int:
     """What autograd keeps per token of a micro-batch, over all layers (logits excluded)."""
-    b, h = DTYPE_BYTES[dtype], shape.hidden
+    b, h = COMPUTE_BYTES[dtype], shape.hidden
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     saved = h + 2 * (q + kv) + kv  # projection input, q/k and their rotary copies, v
     saved += 2 * q if kv < q else 0  # keys and values repeated to every head (GQA)
@@ -189,16 +195,16 @@ def finetune_estimate(
     trainable = trainable_params(shape, method, rank)
     traits = get_finetune_method(method)
     state_bytes = 16 if traits.adapter else 12  # (+ fp32 copy) + gradient + two moments
-    logit_bytes = DTYPE_BYTES[dtype] + 4 * _LOGIT_FP32_COPIES
+    logit_bytes = COMPUTE_BYTES[dtype] + 4 * _LOGIT_FP32_COPIES
     per_token = activation_bytes_per_token(shape, method, dtype, gradient_checkpointing)
     activations = tokens * per_token
     if traits.weight_decomposed:  # DoRA builds each adapted weight (W + BA) and its norm per step
         merged = sum(n_in * n_out for n_in, n_out in lora_modules(shape))
-        activations += 2 * shape.layers * merged * DTYPE_BYTES[dtype]
+        activations += 2 * shape.layers * merged * COMPUTE_BYTES[dtype]
     return Estimate(
         {
             "runtime": RUNTIME.get(device, RUNTIME["cpu"]),
-            "weights": _weights(shape, method, dtype),
+            "weights": _weights(shape, method, dtype) + CAST_BYTES.get(dtype, 0),
             "optimizer": trainable * state_bytes,
             "activations": activations,
             "logits": min(tokens, logit_tokens or tokens) * shape.vocab * logit_bytes,
@@ -343,12 +349,13 @@ def what_would_fit(shape: ModelShape, run: RunShape, available: int) -> str:
     if run.estimate(shape).total <= available:  # only --strict-memory stopped it
         options.append("--gradient-checkpointing")
     traits = get_finetune_method(run.method)
-    if run.dtype == "fp32" and traits.adapter:
-        bf16 = run.estimate(shape, dtype="bf16")
-        if bf16.total <= available:
-            slow = run.device == "cpu" and not cpu_computes_bf16()
-            note = ", slow steps: this CPU has no native bf16" if slow else ""
-            options.append(f"--precision bf16 ({gib(bf16.total)}{note})")
+    if run.dtype == "fp32" and traits.adapter and traits.base_bits is None:
+        # where bf16 products would crawl, the base is stored in bf16 and computed in fp32
+        slow = run.device == "cpu" and not cpu_computes_bf16()
+        half = "bf16-weights" if slow else "bf16"
+        estimate = run.estimate(shape, dtype=half)
+        if estimate.total <= available:
+            options.append(f"--precision {half} ({gib(estimate.total)})")
     batch = largest(lambda b: run.estimate(shape, batch=b).total <= available, 1, run.batch)
     if 1 <= batch < run.batch:
         options.append(

@@ -25,6 +25,7 @@ from slmforge.config.finetune import FinetuneConfig
 from slmforge.config.methods import get_finetune_method, get_objective
 from slmforge.errors import InputError, ModelError
 from slmforge.train import checkpoint as ckpt
+from slmforge.train.bf16_weights import keep_base_in_bf16
 from slmforge.train.distributed import DistContext, unwrap
 from slmforge.train.loop import Plan, fit
 from slmforge.train.memory import (
@@ -73,6 +74,13 @@ def compute_precision(cfg: FinetuneConfig, device: str, checkpoint: str | None) 
         precision = "fp16"
     if device == "cpu" and precision == "fp16":
         raise InputError("--precision fp16 is not supported for training on CPU; use fp32 or bf16")
+    traits = get_finetune_method(cfg.method)
+    if precision == "bf16-weights" and (not traits.adapter or traits.base_bits is not None):
+        raise InputError(
+            f"--precision bf16-weights keeps a frozen base in bf16; --method {cfg.method} "
+            + ("trains every weight" if not traits.adapter else "quantizes its base")
+            + ": use fp32 or bf16"
+        )
     return precision
 
 
@@ -80,6 +88,8 @@ def torch_dtypes(method: str, precision: str) -> tuple[torch.dtype, torch.dtype 
     """(dtype to load the base weights in, autocast dtype or None)."""
     if precision == "fp32":
         return torch.float32, None
+    if precision == "bf16-weights":  # stored in bf16, computed in fp32 (train/bf16_weights.py)
+        return torch.bfloat16, None
     half = _TORCH_DTYPES[precision]
     # Full fine-tuning keeps fp32 master weights; adapters train over a half-precision base.
     adapter = get_finetune_method(method).adapter
@@ -242,6 +252,8 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()  # trainable weights stay fp32 under autocast
+    if precision == "bf16-weights":
+        keep_base_in_bf16(model)
     return Plan(
         cfg,
         ctx,
