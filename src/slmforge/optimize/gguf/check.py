@@ -22,7 +22,7 @@ from slmforge import progress
 from slmforge.errors import RunError
 from slmforge.optimize.gguf.families import family_of
 from slmforge.optimize.gguf.readback import GgufTensors, adapter_deltas, load_into
-from slmforge.optimize.verify import OnnxRun, Parity, measure
+from slmforge.optimize.verify import OnnxRun, Parity, agreement_too_low, measure
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,10 @@ def check(parity: Parity, max_kl: float, min_agreement: float, label: str) -> No
         f"{parity.confident_positions} confident positions ({parity.agreement:.1%} on all), "
         f"max logit diff {parity.max_logit_diff:.3g}"
     )
-    if parity.kl > max_kl or parity.confident_agreement < min_agreement:
+    if parity.kl > max_kl or agreement_too_low(parity, min_agreement):
         raise RunError(
             f"GGUF verification failed for {label}: needs mean KL <= {max_kl:.3g} (--max-kl) "
-            f"and confident agreement >= {min_agreement:.1%} (--min-agreement); {figures}; "
+            f"and confident agreement >= {min_agreement:.1%} (--min-agreement; one-sided "
+            f"binomial test); {figures}; "
             "try a higher precision"
         )
