@@ -37,7 +37,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench"
 RUNS = ("baseline", "baseline-grouped", "slmforge", "slmforge-ungrouped", "slmforge-packed")
-EXTRA_RUNS = ("slmforge-fp32", "slmforge-bf16", "baseline-bf16")  # precision other than auto
+# precision other than auto; baseline-fp32: the Trainer over an fp32 copy of a bf16 checkpoint
+# (what a CPU without native bf16 can run at speed)
+EXTRA_RUNS = ("slmforge-fp32", "slmforge-bf16", "baseline-bf16", "baseline-fp32")
 
 
 def _peak_rss_mib() -> float:
@@ -141,7 +143,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
         {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
         for e in encoded
     ]
-    bf16 = _checkpoint_is_bf16(args.model)
+    bf16 = _checkpoint_is_bf16(args.model) and args.child != "baseline-fp32"
     model = AutoModelForCausalLM.from_pretrained(
         args.model, dtype=torch.bfloat16 if bf16 else torch.float32
     )
