@@ -23,10 +23,12 @@ QUESTION = "What should I pack for a week in Lisbon?"
 LONG = "Return a new list containing all items from the iterable in ascending order."
 
 
-def spawn(*args: str) -> pexpect.spawn:
+def spawn(*args: str, nice: int = 0) -> pexpect.spawn:
+    """`slmforge chat ARGS` on a terminal; `nice` lowers its priority below the test's own."""
+    command = ["nice", "-n", str(nice), SLMFORGE] if nice else [SLMFORGE]
     child = pexpect.spawn(
-        SLMFORGE,
-        ["chat", *args],
+        command[0],
+        [*command[1:], "chat", *args],
         encoding="utf-8",
         timeout=60,
         dimensions=(40, 400),  # wide: no wrapped lines
@@ -89,14 +91,16 @@ def _interrupt_an_answer(child: pexpect.spawn) -> bool:
 
 def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(llama_onnx: Path, tmp_path: Path) -> None:
     # A JSON string of at least 6000 characters: the grammar forbids ending the answer early,
-    # so it runs to --max-tokens (2000 tokens, seconds) unless Ctrl-C stops it.
+    # so it runs to --max-tokens (2000 tokens) unless Ctrl-C stops it. The tiny model writes
+    # them in ~2 s, so on a loaded machine the chat runs at nice 19: the test, which sends
+    # Ctrl-C as soon as the answer streams, gets the CPU first.
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     schema = tmp_path / "long.json"
     schema.write_text('{"type": "string", "minLength": 6000}')
     for _attempt in range(3):
         child = spawn(
             str(llama_onnx), "--max-tokens", "2000", "--chat-template", template,
-            "--json-schema", str(schema),
+            "--json-schema", str(schema), nice=19,
         )  # fmt: skip
         try:
             if not _interrupt_an_answer(child):
