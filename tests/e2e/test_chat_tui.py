@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,9 @@ def spawn(*args: str, nice: int = 0) -> pexpect.spawn:
         timeout=60,
         dimensions=(40, 400),  # wide: no wrapped lines
         env={**os.environ, "NO_COLOR": "1", "TERM": "dumb"},
+        # a terminal's Ctrl-C, whatever this worker inherited: an ignored SIGINT passes through
+        # exec, and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     child.expect("/help lists commands")
     child.expect_exact(PROMPT)
