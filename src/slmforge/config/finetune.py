@@ -95,7 +95,7 @@ class FinetuneConfig(ReadOptions):
         "auto",
         description="auto: bf16/fp16 on CUDA; on CPU, under adapters, a bf16 checkpoint keeps "
         "its base in bf16: computed in bf16 where the CPU does so natively (AVX512-BF16 or "
-        "AMX), else in fp32 (bf16-weights: half the weight memory at fp32 speed); fp32 "
+        "AMX), else in fp32 (bf16-weights: half the weight memory, ~10% slower than fp32); fp32 "
         "otherwise.",
     )
     gradient_checkpointing: bool = Field(

@@ -3,8 +3,8 @@
 Why: adapter training leaves the base frozen, so its weights need no fp32 master copy, but a CPU
 without native bf16 (AVX2, AVX-512 without BF16) multiplies bf16 many times slower than fp32
 (docs/finetune.md). Holding the base in bf16 and casting each weight to fp32 just for its own
-product halves the weight memory at fp32 speed: a 3.8B model's LoRA run needs ~8 GiB of
-weights instead of ~15, which is what lets it train in a 16-24 GiB laptop.
+product halves the weight memory for ~10% of a step (the casts): a 3.8B model's LoRA run
+needs ~8 GiB of weights instead of ~15, which is what lets it train in a 16-24 GiB laptop.
 
 How: each frozen bf16 `nn.Linear` runs through `_Bf16Linear`, an autograd function that keeps
 only the bf16 weight for backward and casts it again there, so no fp32 copy outlives its

@@ -134,7 +134,7 @@ def train_dtype(
     auto: bf16 on CUDA (the caller falls back to fp16 where bf16 is unsupported). On CPU,
     adapter methods keep a bf16 checkpoint's base in bf16: computed in bf16 where the CPU does
     so natively (`cpu_bf16`, detected when None: half the weight memory and faster steps), else
-    computed in fp32 (`bf16-weights`: half the weight memory at fp32 speed; bf16 products
+    computed in fp32 (`bf16-weights`: half the weight memory, ~10% slower than fp32; bf16 products
     would crawl there). Everything else trains in fp32: full fine-tuning keeps fp32 master
     weights and an fp32 checkpoint stays fp32."""
     if requested != "auto":
