@@ -129,9 +129,36 @@ def test_a_bf16_checkpoint_trains_adapters_over_a_bf16_base_where_the_cpu_comput
     )
 
 
-def test_an_fp32_checkpoint_still_trains_in_fp32(tiny_model, travel, tmp_path):
+def test_an_fp32_checkpoint_trains_over_a_bf16_base_only_where_the_cpu_computes_bf16(
+    tiny_model, travel, tmp_path, monkeypatch
+):
+    seen = {}
+    real_fit = sft.fit
+
+    def spy(plan, log):
+        seen["base"] = {p.dtype for p in plan.model.parameters() if not p.requires_grad}
+        seen["autocast"] = plan.autocast_dtype
+        return real_fit(plan, log)
+
+    monkeypatch.setattr(sft, "fit", spy)
+    monkeypatch.setattr(memory, "cpu_computes_bf16", lambda: False)
     out = sft.finetune(_config(tiny_model("llama"), travel, tmp_path / "adapter", max_steps=4))
     assert read_manifest(out).details["precision"] == "fp32"
+    assert seen == {"base": {torch.float32}, "autocast": None}
+
+    monkeypatch.setattr(memory, "cpu_computes_bf16", lambda: True)
+    native = sft.finetune(_config(tiny_model("llama"), travel, tmp_path / "native", max_steps=8))
+    assert seen == {"base": {torch.bfloat16}, "autocast": torch.bfloat16}
+    manifest = read_manifest(native)
+    assert manifest.details["precision"] == "bf16"
+    assert manifest.metrics["train_loss_last"] < manifest.metrics["train_loss_first"]
+    assert _trainable_dtypes_of(native) == {torch.float32}  # the saved adapter stays fp32
+
+
+def _trainable_dtypes_of(adapter: Path) -> set[torch.dtype]:
+    from safetensors.torch import load_file
+
+    return {t.dtype for t in load_file(str(adapter / "adapter_model.safetensors")).values()}
 
 
 def test_gradient_checkpointing_is_switched_on_when_only_it_fits(
