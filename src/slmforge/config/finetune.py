@@ -72,6 +72,13 @@ class FinetuneConfig(ReadOptions):
         description="Batch rows of similar length together (less padding; like Hugging Face's "
         "group_by_length). No effect with --packing.",
     )
+    share_prefix: bool = Field(
+        True,
+        description="Run the opening that a micro-batch's rows share (system prompt, tool "
+        "definitions) once, and each row's remainder on top of its cache; same losses. Used "
+        "where it saves at least 64 token passes; not with --packing, gradient checkpointing "
+        "or several processes.",
+    )
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)

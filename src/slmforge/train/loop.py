@@ -57,6 +57,8 @@ class Plan:
     precision: str = "fp32"  # compute precision: fp32, bf16 or fp16
     gradient_checkpointing: bool = False  # as asked, or switched on by the memory check
     select_logits: bool = False  # the model computes logits at chosen positions only
+    share_prefix: bool = False  # rows' common openings run once (train/shared_prefix.py)
+    unshared: str | None = None  # why they do not, when they do not
 
 
 def _schedule(cfg: FinetuneConfig, optimizer: Any, total_steps: int) -> Any:

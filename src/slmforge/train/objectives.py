@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from slmforge.config.finetune import FinetuneConfig
+from slmforge.train.shared_prefix import shared_logits
 
 if TYPE_CHECKING:
     from slmforge.train.loop import Plan
@@ -93,12 +94,17 @@ class TrainObjective(ABC):
 
 
 def model_logits(
-    plan: Plan, model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor | None
+    plan: Plan,
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    keep: torch.Tensor | None,
+    shared: int = 0,
 ) -> torch.Tensor:
     """The model's logits for a collated micro-batch under the run's autocast: at every
     position (batch x seq x vocab), or with `keep` only at its True positions (flattened to
     positions x vocab, a boolean `logits_to_keep`): with a vocabulary of 150k, logits of every
-    position would be the step's largest tensor and a quarter of its work."""
+    position would be the step's largest tensor and a quarter of its work. `shared` leading
+    positions, the same in every row, run once (`train/shared_prefix.py`; needs `keep`)."""
     inputs = {k: v.to(plan.device) for k, v in batch.items() if k != "labels"}
     with torch.autocast(
         plan.device if plan.device != "mps" else "cpu",
@@ -107,4 +113,6 @@ def model_logits(
     ):
         if keep is None:
             return model(**inputs, use_cache=False).logits
+        if shared:
+            return shared_logits(model, inputs, keep, shared)
         return model(**inputs, use_cache=False, logits_to_keep=keep).logits

@@ -40,6 +40,7 @@ from slmforge.train.metrics import MetricsLog
 from slmforge.train.objectives import TrainObjective
 from slmforge.train.preference import PairObjective
 from slmforge.train.shape import ModelShape, read_shape
+from slmforge.train.shared_prefix import why_not_shared
 from slmforge.train.supervised import Supervised
 from slmforge.train.supervised import load_data as load_data  # jobs/spec.py counts packed rows
 
@@ -254,6 +255,8 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
             param.data = param.data.float()  # trainable weights stay fp32 under autocast
     if precision == "bf16-weights":
         keep_base_in_bf16(model)
+    select = selects_logits(model)
+    unshared = why_not_shared(cfg, model, ctx.enabled, checkpointing, select)
     return Plan(
         cfg,
         ctx,
@@ -271,7 +274,9 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
         work,
         precision=precision,
         gradient_checkpointing=checkpointing,
-        select_logits=selects_logits(model),
+        select_logits=select,
+        share_prefix=unshared is None,
+        unshared=unshared,
     )
 
 
@@ -328,6 +333,7 @@ def save(plan: Plan, log: MetricsLog) -> Path:
             "text_template": cfg.text_template,
             "precision": plan.precision,
             "gradient_checkpointing": plan.gradient_checkpointing,
+            "share_prefix": "on" if plan.share_prefix else f"off: {plan.unshared}",
             "memory_estimate": memory_estimate(plan),
             "samples": samples,
         }

@@ -17,6 +17,7 @@ from slmforge.errors import InputError
 from slmforge.train.collate import IGNORE, Encoded, collate, encode, pack
 from slmforge.train.metrics import loss_and_hits, perplexity, shifted_targets
 from slmforge.train.objectives import ObjectiveData, TrainObjective, model_logits
+from slmforge.train.shared_prefix import shared_length
 
 if TYPE_CHECKING:
     from slmforge.train.loop import Plan
@@ -77,6 +78,10 @@ class Supervised(TrainObjective):
     sum_keys = ("loss", "hits", "count")
     headline = ("token_accuracy", "token accuracy")
 
+    def __init__(self, cfg: FinetuneConfig) -> None:
+        super().__init__(cfg)
+        self.shared_tokens = 0
+
     def load(self, tokenizer: Any) -> ObjectiveData:
         cfg = self.cfg
         train, evals, eval_examples = load_data(cfg, tokenizer)
@@ -99,13 +104,21 @@ class Supervised(TrainObjective):
         batch = collate(rows, pad, packed=self.cfg.packing and training)
         targets = shifted_targets(batch["labels"]).to(plan.device)
         keep = targets != IGNORE if plan.select_logits else None
-        logits = model_logits(plan, plan.model, batch, keep)
+        shared = 0
+        if plan.share_prefix and keep is not None and all(len(row) == 1 for row in rows):
+            shared = shared_length([row[0].input_ids for row in rows], keep)
+            self.shared_tokens += (len(rows) - 1) * shared if training else 0
+        logits = model_logits(plan, plan.model, batch, keep, shared)
         if keep is None:
             flat = logits.reshape(-1, logits.size(-1))
             loss_sum, hits, count = loss_and_hits(flat, targets.reshape(-1))
         else:
             loss_sum, hits, count = loss_and_hits(logits, targets[keep])
         return loss_sum, {"loss": loss_sum.item(), "hits": hits, "count": count}
+
+    def details(self) -> dict[str, Any]:
+        # token passes that shared openings saved in training (train/shared_prefix.py)
+        return {"objective": self.name, "shared_prefix_tokens_saved": self.shared_tokens}
 
     def record(self, sums: dict[str, float], evaluation: bool) -> dict[str, float]:
         count = max(sums["count"], 1)
