@@ -10,6 +10,7 @@ RSS and the ratios against the plain Trainer. The runs:
   slmforge           `slmforge finetune` as a user runs it (length-grouped batches by default)
   slmforge-ungrouped `--no-group-by-length`
   slmforge-packed    `--packing`
+  slmforge-unshared  `--no-share-prefix` (only with --runs: matters with --system)
   slmforge-fp32      `--precision fp32` (only with --runs, as the next two)
   slmforge-bf16      `--precision bf16`: a bf16 base under autocast, even from an fp32 checkpoint
   baseline-bf16      the Trainer with `bf16=True` (autocast over the checkpoint's weights)
@@ -22,6 +23,8 @@ Run:
     .venv/bin/python benchmarks/finetune_throughput.py            # builds the `small` model once
     .venv/bin/python benchmarks/finetune_throughput.py --model DIR --steps 20
     .venv/bin/python benchmarks/finetune_throughput.py --model DIR --runs baseline,slmforge
+    .venv/bin/python benchmarks/finetune_throughput.py --system "You are ..." \
+        --runs baseline,slmforge,slmforge-unshared   # every row opens with that system prompt
 """
 
 from __future__ import annotations
@@ -39,7 +42,13 @@ CACHE = REPO / ".cache" / "bench"
 RUNS = ("baseline", "baseline-grouped", "slmforge", "slmforge-ungrouped", "slmforge-packed")
 # precision other than auto; baseline-fp32: the Trainer over an fp32 copy of a bf16 checkpoint
 # (what a CPU without native bf16 can run at speed)
-EXTRA_RUNS = ("slmforge-fp32", "slmforge-bf16", "baseline-bf16", "baseline-fp32")
+EXTRA_RUNS = (
+    "slmforge-fp32",
+    "slmforge-bf16",
+    "baseline-bf16",
+    "baseline-fp32",
+    "slmforge-unshared",
+)
 
 
 def _peak_rss_mib() -> float:
@@ -113,6 +122,7 @@ def run_slmforge(args: argparse.Namespace) -> dict:
         max_seq_len=args.max_seq_len,
         packing=args.child == "slmforge-packed",
         group_by_length=args.child != "slmforge-ungrouped",
+        share_prefix=args.child != "slmforge-unshared",
         precision={"slmforge-fp32": "fp32", "slmforge-bf16": "bf16"}.get(args.child, "auto"),
         lr=1e-4,
         samples=0,
@@ -235,7 +245,22 @@ def _prepare(args: argparse.Namespace) -> None:
         from slmforge.data.sample import write_sample
 
         args.data = write_sample(CACHE / "travel.jsonl", force=True)
+    if args.system:
+        args.data = _with_system(args.data, args.system)
     args.work = str(CACHE / "finetune-work")
+
+
+def _with_system(data: Path, system: str) -> Path:
+    """A copy of `data` whose every row opens with `system` as its system message."""
+    from slmforge.data.formats import read_examples
+
+    rows = []
+    for example in read_examples(data):
+        messages = [m for m in example.messages if m["role"] != "system"]
+        rows.append(json.dumps({"messages": [{"role": "system", "content": system}, *messages]}))
+    out = CACHE / f"{Path(data).stem}-system.jsonl"
+    out.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return out
 
 
 def main() -> None:
@@ -247,6 +272,7 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--runs", default=",".join(RUNS), help="Comma-separated runs to do.")
     parser.add_argument("--threads", type=int, help="torch threads in each run (default: torch's)")
+    parser.add_argument("--system", help="Give every row this system prompt.")
     parser.add_argument("--work")
     parser.add_argument("--child", choices=RUNS + EXTRA_RUNS)
     args = parser.parse_args()

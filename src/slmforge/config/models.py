@@ -14,8 +14,10 @@ Arch = Literal["llama", "qwen2", "phi3", "mistral"]
 
 class TinyModelConfig(StrictModel):
     arch: Arch = Field("llama", description="Architecture (and its chat format).")
-    size: Literal["tiny", "small"] = Field(
-        "tiny", description="tiny: ~1M params for tests; small: ~100M for benchmarks."
+    size: Literal["tiny", "bench", "small"] = Field(
+        "tiny",
+        description="tiny: ~1M params for tests; bench: ~4M, trained until quantization and "
+        "preference quality mean something (~12 min); small: ~100M for speed benchmarks.",
     )
     out: Path = Field(description="Output model folder.")
     pretrain_steps: int | None = Field(
