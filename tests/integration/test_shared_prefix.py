@@ -145,3 +145,43 @@ def test_packing_and_checkpointing_say_why_they_do_not_share(tiny_model, tmp_pat
         .details["share_prefix"]
         .startswith("off: gradient checkpointing")
     )
+
+
+def test_preference_pairs_share_their_opening_too(tiny_model, tmp_path):
+    """Chosen and rejected answers open with the same system prompt and question: DPO's
+    policy passes share it, with the plain first-step loss."""
+    answers = [a for _, a in QUESTIONS]
+    rows = [
+        {
+            "input": {"messages": _conversation(q, a)[:2]},
+            "preferred_output": [{"role": "assistant", "content": a}],
+            "non_preferred_output": [
+                {"role": "assistant", "content": answers[(i + 1) % len(answers)]}
+            ],
+        }
+        for i, (q, a) in enumerate(QUESTIONS * 2)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    options = dict(
+        model=str(tiny_model("llama")),
+        data=data,
+        objective="dpo",
+        max_steps=3,
+        batch_size=2,
+        lr=5e-3,
+        log_every=1,
+        samples=0,
+        seed=3,
+        precision="fp32",
+    )
+    shared = read_manifest(sft.finetune(FinetuneConfig(out=tmp_path / "on", **options)))
+    plain = read_manifest(
+        sft.finetune(FinetuneConfig(out=tmp_path / "off", share_prefix=False, **options))
+    )
+    assert shared.details["share_prefix"] == "on" and shared.details["objective"] == "dpo"
+    assert shared.details["shared_prefix_tokens_saved"] >= 3 * 3 * 22  # 3 steps x 3 rows
+    assert plain.details["shared_prefix_tokens_saved"] == 0
+    assert shared.metrics["train_loss_first"] == pytest.approx(
+        plain.metrics["train_loss_first"], rel=1e-6
+    )

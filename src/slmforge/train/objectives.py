@@ -52,6 +52,7 @@ class TrainObjective(ABC):
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
+        self.shared_tokens = 0  # token passes shared openings saved in training
 
     def check(self) -> None:
         """Fail fast on options this objective cannot honour, before anything loads."""
@@ -90,7 +91,7 @@ class TrainObjective(ABC):
 
     def details(self) -> dict[str, Any]:
         """What the manifest's details say about the objective."""
-        return {"objective": self.name}
+        return {"objective": self.name, "shared_prefix_tokens_saved": self.shared_tokens}
 
 
 def model_logits(

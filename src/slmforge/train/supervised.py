@@ -78,10 +78,6 @@ class Supervised(TrainObjective):
     sum_keys = ("loss", "hits", "count")
     headline = ("token_accuracy", "token accuracy")
 
-    def __init__(self, cfg: FinetuneConfig) -> None:
-        super().__init__(cfg)
-        self.shared_tokens = 0
-
     def load(self, tokenizer: Any) -> ObjectiveData:
         cfg = self.cfg
         train, evals, eval_examples = load_data(cfg, tokenizer)
@@ -115,10 +111,6 @@ class Supervised(TrainObjective):
         else:
             loss_sum, hits, count = loss_and_hits(logits, targets[keep])
         return loss_sum, {"loss": loss_sum.item(), "hits": hits, "count": count}
-
-    def details(self) -> dict[str, Any]:
-        # token passes that shared openings saved in training (train/shared_prefix.py)
-        return {"objective": self.name, "shared_prefix_tokens_saved": self.shared_tokens}
 
     def record(self, sums: dict[str, float], evaluation: bool) -> dict[str, float]:
         count = max(sums["count"], 1)
