@@ -96,6 +96,42 @@ def _model(**config) -> SimpleNamespace:
             True,
             "sliding window of 512",
         ),
+        (
+            _cfg(max_seq_len=8192),  # Phi-3.5-mini: long factors past 4096 positions
+            _model(
+                rope_parameters={"rope_type": "longrope", "original_max_position_embeddings": 4096}
+            ),
+            False,
+            False,
+            True,
+            "change past 4096 tokens",
+        ),
+        (
+            _cfg(max_seq_len=2048),
+            _model(
+                rope_parameters={"rope_type": "longrope", "original_max_position_embeddings": 4096}
+            ),
+            False,
+            False,
+            True,
+            None,
+        ),
+        (
+            _cfg(max_seq_len=4096),
+            _model(rope_scaling={"type": "dynamic", "factor": 2.0}, max_position_embeddings=2048),
+            False,
+            False,
+            True,
+            "change past 2048 tokens",
+        ),
+        (
+            _cfg(max_seq_len=8192),
+            _model(rope_parameters={"rope_type": "llama3", "factor": 32.0}),
+            False,
+            False,
+            True,
+            None,
+        ),
     ],
 )
 def test_runs_that_cannot_share_say_why(

@@ -40,9 +40,33 @@ def why_not_shared(
         return "several processes (DDP expects one forward per backward)"
     if not select_logits:
         return "the model's code does not select logits by position"
-    window = _sliding_window(getattr(model, "config", None))
+    config = getattr(model, "config", None)
+    window = _sliding_window(config)
     if window is not None and window < cfg.max_seq_len:
         return f"a sliding window of {window} tokens, shorter than --max-seq-len"
+    switch = _rope_switch(config)
+    if switch is not None and switch < cfg.max_seq_len:
+        return f"RoPE frequencies that change past {switch} tokens, within --max-seq-len"
+    return None
+
+
+def _rope_switch(config: Any) -> int | None:
+    """Where `longrope` or `dynamic` RoPE changes its frequencies: transformers picks them from
+    the longest position of each forward pass, so the opening alone and the whole row could
+    get different ones past that length."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if not isinstance(params, dict):
+        return None
+    kinds = [params] if "rope_type" in params or "type" in params else list(params.values())
+    for kind in kinds:
+        name = (
+            str(kind.get("rope_type") or kind.get("type") or "") if isinstance(kind, dict) else ""
+        )
+        if name == "longrope" or "dynamic" in name:
+            original = kind.get("original_max_position_embeddings") or getattr(
+                config, "original_max_position_embeddings", None
+            )
+            return int(original or getattr(config, "max_position_embeddings", 0))
     return None
 
 
