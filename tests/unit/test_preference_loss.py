@@ -233,6 +233,7 @@ def test_one_concatenated_pass_equals_separate_passes(select_logits: bool) -> No
         device="cpu",
         autocast_dtype=None,
         select_logits=select_logits,
+        share_prefix=False,  # tests/integration/test_shared_prefix.py covers pairs that share
         tokenizer=SimpleNamespace(pad_token_id=0),
     )
     with torch.no_grad():
