@@ -18,6 +18,8 @@ the base with the adapter switched off on both sides (TRL: `ref_model=None` with
   slmforge-orpo     `--objective orpo`: speed and memory compare; the losses differ by
                     definition (TRL's NLL term also covers the prompt tokens, averaged over the
                     batch's tokens, and it appends an EOS token), so they are shown, not judged
+  slmforge-unshared `--no-share-prefix` (matters where a micro-batch's pairs open alike,
+                    e.g. with one system prompt)
 
 Agreement checks, printed before the figures: TRL tokenizes the conversational rows itself,
 and the token ids and trained (completion) positions of every pair are compared with
@@ -50,7 +52,7 @@ from finetune_throughput import StepClock, _peak_rss_mib
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench"
 RUNS = ("trl", "slmforge")
-EXTRA_RUNS = ("slmforge-grouped", "trl-orpo", "slmforge-orpo")
+EXTRA_RUNS = ("slmforge-grouped", "trl-orpo", "slmforge-orpo", "slmforge-unshared")
 COMPARED_STEPS = 10
 LORA = {"r": 16, "alpha": 32}
 TRL_PAIRS = "trl-pairs.jsonl"  # the pairs in slmforge's batch order, in TRL's shape
@@ -100,6 +102,7 @@ def run_slmforge(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         group_by_length=args.child == "slmforge-grouped",
+        share_prefix=args.child != "slmforge-unshared",
         precision="fp32",
         lr=args.lr,
         lr_scheduler="constant",
