@@ -98,24 +98,25 @@ def test_a_shared_opening_gives_the_plain_losses_and_gradients(tiny_model, arch)
         assert torch.allclose(logits, model_logits(plan, model, batch, keep, 0), atol=1e-4)
 
 
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _shared_and_plain(model: Path, data: Path, out: Path, **options):
+    """Manifests of the same fp32 run with and without shared openings."""
+    options = dict(model=str(model), data=data, lr=5e-3, log_every=1, samples=0, seed=3) | options
+    options["precision"] = "fp32"
+    shared = sft.finetune(FinetuneConfig(out=out / "on", **options))
+    plain = sft.finetune(FinetuneConfig(out=out / "off", share_prefix=False, **options))
+    return read_manifest(shared), read_manifest(plain)
+
+
 def test_fine_tuning_shares_openings_by_default_and_trains_the_same(tiny_model, tmp_path):
-    data = tmp_path / "travel-system.jsonl"
-    lines = [json.dumps({"messages": _conversation(q, a)}) for q, a in QUESTIONS * 3]
-    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    options = dict(
-        model=str(tiny_model("llama")),
-        data=data,
-        max_steps=4,
-        batch_size=4,
-        lr=5e-3,
-        log_every=1,
-        samples=0,
-        seed=3,
-        precision="fp32",
-    )
-    shared = read_manifest(sft.finetune(FinetuneConfig(out=tmp_path / "on", **options)))
-    plain = read_manifest(
-        sft.finetune(FinetuneConfig(out=tmp_path / "off", share_prefix=False, **options))
+    rows = [{"messages": _conversation(q, a)} for q, a in QUESTIONS * 3]
+    data = _write_rows(tmp_path / "travel-system.jsonl", rows)
+    shared, plain = _shared_and_plain(
+        tiny_model("llama"), data, tmp_path, max_steps=4, batch_size=4
     )
     assert shared.details["share_prefix"] == "on"
     assert shared.details["shared_prefix_tokens_saved"] >= 4 * 3 * 22  # 4 steps x 3 rows
@@ -130,9 +131,8 @@ def test_fine_tuning_shares_openings_by_default_and_trains_the_same(tiny_model, 
 
 
 def test_packing_and_checkpointing_say_why_they_do_not_share(tiny_model, tmp_path):
-    data = tmp_path / "travel-system.jsonl"
-    lines = [json.dumps({"messages": _conversation(q, a)}) for q, a in QUESTIONS * 2]
-    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = [{"messages": _conversation(q, a)} for q, a in QUESTIONS * 2]
+    data = _write_rows(tmp_path / "travel-system.jsonl", rows)
     common = dict(model=str(tiny_model("llama")), data=data, max_steps=1, batch_size=2)
     common |= dict(samples=0, max_seq_len=128)
     packed = sft.finetune(FinetuneConfig(out=tmp_path / "packed", packing=True, **common))
@@ -161,23 +161,13 @@ def test_preference_pairs_share_their_opening_too(tiny_model, tmp_path):
         }
         for i, (q, a) in enumerate(QUESTIONS * 2)
     ]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    options = dict(
-        model=str(tiny_model("llama")),
-        data=data,
+    shared, plain = _shared_and_plain(
+        tiny_model("llama"),
+        _write_rows(tmp_path / "pairs.jsonl", rows),
+        tmp_path,
         objective="dpo",
         max_steps=3,
         batch_size=2,
-        lr=5e-3,
-        log_every=1,
-        samples=0,
-        seed=3,
-        precision="fp32",
-    )
-    shared = read_manifest(sft.finetune(FinetuneConfig(out=tmp_path / "on", **options)))
-    plain = read_manifest(
-        sft.finetune(FinetuneConfig(out=tmp_path / "off", share_prefix=False, **options))
     )
     assert shared.details["share_prefix"] == "on" and shared.details["objective"] == "dpo"
     assert shared.details["shared_prefix_tokens_saved"] >= 3 * 3 * 22  # 3 steps x 3 rows

@@ -234,6 +234,9 @@ def test_one_concatenated_pass_equals_separate_passes(select_logits: bool) -> No
         autocast_dtype=None,
         select_logits=select_logits,
         share_prefix=False,  # tests/integration/test_shared_prefix.py covers pairs that share
+        objective=PairObjective(
+            FinetuneConfig(model="m", data="d.jsonl", out="o", objective="dpo")
+        ),
         tokenizer=SimpleNamespace(pad_token_id=0),
     )
     with torch.no_grad():

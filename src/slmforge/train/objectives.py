@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from slmforge.config.finetune import FinetuneConfig
-from slmforge.train.shared_prefix import shared_logits
+from slmforge.train.shared_prefix import shared_length, shared_logits
 
 if TYPE_CHECKING:
     from slmforge.train.loop import Plan
@@ -88,6 +88,17 @@ class TrainObjective(ABC):
     @abstractmethod
     def record(self, sums: dict[str, float], evaluation: bool) -> dict[str, float]:
         """A metrics.jsonl record from summed metrics (`eval_` names when `evaluation`)."""
+
+    def shared_opening(self, plan: Plan, sequences: list[list[int]], keep: torch.Tensor) -> int:
+        """Leading positions of a micro-batch's `sequences` to run once
+        (`train/shared_prefix.py`), counted in the manifest when gradients are on (training,
+        not evaluation or reference passes)."""
+        if not plan.share_prefix:  # also off where the model cannot select logits
+            return 0
+        length = shared_length(sequences, keep)
+        if torch.is_grad_enabled():
+            self.shared_tokens += (len(sequences) - 1) * length
+        return length
 
     def details(self) -> dict[str, Any]:
         """What the manifest's details say about the objective."""

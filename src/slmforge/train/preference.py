@@ -35,7 +35,6 @@ from slmforge.train.distributed import unwrap
 from slmforge.train.metrics import shifted_targets
 from slmforge.train.objectives import ObjectiveData, TrainObjective, model_logits
 from slmforge.train.pair_losses import PAIR_LOSSES, PairLoss, SequenceLogps
-from slmforge.train.shared_prefix import shared_length
 from slmforge.train.supervised import check_chat_template
 
 if TYPE_CHECKING:
@@ -117,13 +116,9 @@ def answer_logps(plan: Plan, model: Any, sequences: list[Encoded]) -> tuple[torc
     batch = collate([[s] for s in sequences], pad, packed=False)
     targets = shifted_targets(batch["labels"]).to(plan.device)
     keep = targets != IGNORE
-    shared = 0
-    if plan.share_prefix and plan.select_logits:
-        # chosen and rejected open with the same prompt: one pair shares all of it, several
-        # share what their prompts have in common (a system prompt, tool definitions)
-        shared = shared_length([s.input_ids for s in sequences], keep)
-        if torch.is_grad_enabled():  # count the policy's training passes only
-            plan.objective.shared_tokens += (len(sequences) - 1) * shared
+    # chosen and rejected open with the same prompt: one pair shares all of it, several share
+    # what their prompts have in common (a system prompt, tool definitions)
+    shared = plan.objective.shared_opening(plan, [s.input_ids for s in sequences], keep)
     logits = model_logits(plan, model, batch, keep if plan.select_logits else None, shared)
     if plan.select_logits:  # logits at the kept positions only, row after row
         token_logps = -F.cross_entropy(logits.float(), targets[keep], reduction="none")

@@ -17,7 +17,6 @@ from slmforge.errors import InputError
 from slmforge.train.collate import IGNORE, Encoded, collate, encode, pack
 from slmforge.train.metrics import loss_and_hits, perplexity, shifted_targets
 from slmforge.train.objectives import ObjectiveData, TrainObjective, model_logits
-from slmforge.train.shared_prefix import shared_length
 
 if TYPE_CHECKING:
     from slmforge.train.loop import Plan
@@ -100,10 +99,8 @@ class Supervised(TrainObjective):
         batch = collate(rows, pad, packed=self.cfg.packing and training)
         targets = shifted_targets(batch["labels"]).to(plan.device)
         keep = targets != IGNORE if plan.select_logits else None
-        shared = 0
-        if plan.share_prefix and keep is not None and all(len(row) == 1 for row in rows):
-            shared = shared_length([row[0].input_ids for row in rows], keep)
-            self.shared_tokens += (len(rows) - 1) * shared if training else 0
+        # rows hold one example each here: sharing is off with --packing
+        shared = self.shared_opening(plan, [row[0].input_ids for row in rows], keep)
         logits = model_logits(plan, plan.model, batch, keep, shared)
         if keep is None:
             flat = logits.reshape(-1, logits.size(-1))
