@@ -71,7 +71,7 @@ def test_a_shared_opening_gives_the_plain_losses_and_gradients(tiny_model, arch)
     config.init_lora_weights = False  # B != 0, so gradients reach both adapter matrices
     model = get_peft_model(base, config)
     model.train()
-    plan = SimpleNamespace(device="cpu", autocast_dtype=None)
+    plan = SimpleNamespace(device="cpu", autocast_dtype=None, last_mlp=None)
 
     def run(shared: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)
@@ -119,6 +119,7 @@ def test_fine_tuning_shares_openings_by_default_and_trains_the_same(tiny_model, 
         tiny_model("llama"), data, tmp_path, max_steps=4, batch_size=4
     )
     assert shared.details["share_prefix"] == "on"
+    assert shared.details["last_layer_mlp"] == "kept positions"  # tests/.../test_kept_positions
     assert shared.details["shared_prefix_tokens_saved"] >= 4 * 3 * 22  # 4 steps x 3 rows
     assert plain.details["share_prefix"] == "off: --no-share-prefix"
     assert plain.details["shared_prefix_tokens_saved"] == 0
@@ -140,11 +141,10 @@ def test_packing_and_checkpointing_say_why_they_do_not_share(tiny_model, tmp_pat
     checkpointed = sft.finetune(
         FinetuneConfig(out=tmp_path / "gc", gradient_checkpointing=True, **common)
     )
-    assert (
-        read_manifest(checkpointed)
-        .details["share_prefix"]
-        .startswith("off: gradient checkpointing")
-    )
+    details = read_manifest(checkpointed).details
+    assert details["share_prefix"].startswith("off: gradient checkpointing")
+    # the checkpointed layer is recomputed in backward: its MLP must see the same positions
+    assert details["last_layer_mlp"] == "whole: gradient checkpointing"
 
 
 def test_preference_pairs_share_their_opening_too(tiny_model, tmp_path):

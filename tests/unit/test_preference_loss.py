@@ -11,6 +11,7 @@ import torch
 
 from slmforge.config.finetune import FinetuneConfig
 from slmforge.train.collate import IGNORE, Encoded
+from slmforge.train.kept_positions import last_layer_mlp
 from slmforge.train.pair_losses import (
     PAIR_LOSSES,
     SequenceLogps,
@@ -238,7 +239,11 @@ def test_one_concatenated_pass_equals_separate_passes(select_logits: bool) -> No
             FinetuneConfig(model="m", data="d.jsonl", out="o", objective="dpo")
         ),
         tokenizer=SimpleNamespace(pad_token_id=0),
+        # with selected logits the last layer's MLP runs at the answer positions only;
+        # `_by_hand` calls the model outside that, so it stays the whole forward
+        last_mlp=last_layer_mlp(model, False, select_logits)[0],
     )
+    assert (plan.last_mlp is not None) == select_logits
     with torch.no_grad():
         together = pair_logps(plan, model, rows)
         for index, row in enumerate(rows):

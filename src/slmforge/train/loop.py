@@ -23,6 +23,7 @@ from slmforge.errors import Interrupted
 from slmforge.train import checkpoint as ckpt
 from slmforge.train.collate import epoch_order, length_grouped_order, step_batches
 from slmforge.train.distributed import DistContext, unwrap, wrap_ddp
+from slmforge.train.kept_positions import LastLayerMlp
 from slmforge.train.methods import MethodBase
 from slmforge.train.metrics import MetricsLog
 from slmforge.train.objectives import TrainObjective
@@ -59,6 +60,9 @@ class Plan:
     select_logits: bool = False  # the model computes logits at chosen positions only
     share_prefix: bool = False  # rows' common openings run once (train/shared_prefix.py)
     unshared: str | None = None  # why they do not, when they do not
+    # the last layer's MLP at kept positions only (train/kept_positions.py), or why not
+    last_mlp: LastLayerMlp | None = None
+    whole_last_mlp: str | None = None
 
 
 def _schedule(cfg: FinetuneConfig, optimizer: Any, total_steps: int) -> Any:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from slmforge.config.finetune import FinetuneConfig
+from slmforge.train.kept_positions import kept_only, trim_columns
 from slmforge.train.shared_prefix import shared_length, shared_logits
 
 if TYPE_CHECKING:
@@ -115,9 +116,12 @@ def model_logits(
     """The model's logits for a collated micro-batch under the run's autocast: at every
     position (batch x seq x vocab), or with `keep` only at its True positions (flattened to
     positions x vocab, a boolean `logits_to_keep`): with a vocabulary of 150k, logits of every
-    position would be the step's largest tensor and a quarter of its work. `shared` leading
+    position would be the step's largest tensor and a quarter of its work. With `keep`, what
+    feeds no kept logit is not computed (`train/kept_positions.py`). `shared` leading
     positions, the same in every row, run once (`train/shared_prefix.py`; needs `keep`)."""
     inputs = {k: v.to(plan.device) for k, v in batch.items() if k != "labels"}
+    if keep is not None:
+        inputs, keep = trim_columns(inputs, keep)
     with torch.autocast(
         plan.device if plan.device != "mps" else "cpu",
         dtype=plan.autocast_dtype or torch.float32,
@@ -126,5 +130,6 @@ def model_logits(
         if keep is None:
             return model(**inputs, use_cache=False).logits
         if shared:
-            return shared_logits(model, inputs, keep, shared)
-        return model(**inputs, use_cache=False, logits_to_keep=keep).logits
+            return shared_logits(model, inputs, keep, shared, plan.last_mlp)
+        with kept_only(plan.last_mlp, keep):
+            return model(**inputs, use_cache=False, logits_to_keep=keep).logits

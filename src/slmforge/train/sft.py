@@ -27,6 +27,7 @@ from slmforge.errors import InputError, ModelError
 from slmforge.train import checkpoint as ckpt
 from slmforge.train.bf16_weights import keep_base_in_bf16
 from slmforge.train.distributed import DistContext, unwrap
+from slmforge.train.kept_positions import last_layer_mlp
 from slmforge.train.loop import Plan, fit
 from slmforge.train.memory import (
     RunShape,
@@ -257,6 +258,7 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
         keep_base_in_bf16(model)
     select = selects_logits(model)
     unshared = why_not_shared(cfg, model, ctx.enabled, checkpointing, select)
+    last_mlp, whole_last_mlp = last_layer_mlp(model, checkpointing, select)
     return Plan(
         cfg,
         ctx,
@@ -277,6 +279,8 @@ def setup(cfg: FinetuneConfig, ctx: DistContext) -> Plan:
         select_logits=select,
         share_prefix=unshared is None,
         unshared=unshared,
+        last_mlp=last_mlp,
+        whole_last_mlp=whole_last_mlp,
     )
 
 
@@ -334,6 +338,9 @@ def save(plan: Plan, log: MetricsLog) -> Path:
             "precision": plan.precision,
             "gradient_checkpointing": plan.gradient_checkpointing,
             "share_prefix": "on" if plan.share_prefix else f"off: {plan.unshared}",
+            "last_layer_mlp": "kept positions"
+            if plan.last_mlp
+            else f"whole: {plan.whole_last_mlp}",
             "memory_estimate": memory_estimate(plan),
             "samples": samples,
         }

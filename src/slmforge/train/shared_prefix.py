@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from slmforge.config.finetune import FinetuneConfig
+from slmforge.train.kept_positions import LastLayerMlp, kept_only
 
 MIN_SAVED_TOKENS = 64
 
@@ -99,25 +100,32 @@ def shared_length(rows: list[list[int]], keep: torch.Tensor) -> int:
 
 
 def shared_logits(
-    model: Any, inputs: dict[str, torch.Tensor], keep: torch.Tensor, length: int
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    keep: torch.Tensor,
+    length: int,
+    last_mlp: LastLayerMlp | None = None,
 ) -> torch.Tensor:
     """The logits at `keep`'s positions (row after row, as `logits_to_keep=keep` returns
-    them) with the first `length` positions run once for the whole micro-batch."""
+    them) with the first `length` positions run once for the whole micro-batch. The opening
+    keeps no logits, so with `last_mlp` its last-layer MLP runs on nothing."""
     ids, positions = inputs["input_ids"], inputs["position_ids"]
     nothing = torch.zeros(1, length, dtype=torch.bool, device=ids.device)
-    opening = model(
-        input_ids=ids[:1, :length],
-        position_ids=positions[:1, :length],
-        use_cache=True,
-        logits_to_keep=nothing,
-    )
+    with kept_only(last_mlp, nothing):
+        opening = model(
+            input_ids=ids[:1, :length],
+            position_ids=positions[:1, :length],
+            use_cache=True,
+            logits_to_keep=nothing,
+        )
     cache = opening.past_key_values
     cache.batch_repeat_interleave(ids.size(0))
-    rest = model(
-        input_ids=ids[:, length:],
-        position_ids=positions[:, length:],
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=keep[:, length:],
-    )
+    with kept_only(last_mlp, keep[:, length:]):
+        rest = model(
+            input_ids=ids[:, length:],
+            position_ids=positions[:, length:],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=keep[:, length:],
+        )
     return rest.logits
