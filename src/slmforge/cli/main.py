@@ -11,6 +11,7 @@ import typer
 
 from slmforge import __version__, progress
 from slmforge.errors import SlmforgeError
+from slmforge.native_caches import bound_native_caches
 from slmforge.progress import LogFormat
 
 # Each verb module exposes `register(app)`; the order here is the order in --help.
@@ -73,6 +74,7 @@ for _name in VERB_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit code 2 (input) or 1 (run)."""
+    bound_native_caches()  # before any verb computes a product
     # transformers warns about its own renamed attribute whenever peft touches a model; the
     # user can do nothing about it, so it is noise in every fine-tune and merge.
     warnings.filterwarnings(

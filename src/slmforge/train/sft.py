@@ -24,6 +24,7 @@ from slmforge.artifacts import artifact, check_output, source_of
 from slmforge.config.finetune import FinetuneConfig
 from slmforge.config.methods import get_finetune_method, get_objective
 from slmforge.errors import InputError, ModelError
+from slmforge.native_caches import bound_native_caches
 from slmforge.train import checkpoint as ckpt
 from slmforge.train.bf16_weights import keep_base_in_bf16
 from slmforge.train.distributed import DistContext, unwrap
@@ -365,6 +366,7 @@ def finetune(cfg: FinetuneConfig, on_eval: EvalHook | None = None) -> Path:
     `on_eval(step, metrics)` is called after each `--eval-every` evaluation; returning a reason
     stops the run there (it is saved with `details.stopped_early`), as `slmforge tune` does to
     prune a bad trial."""
+    bound_native_caches()  # for callers other than the CLI; no effect once oneDNN has run
     ctx = DistContext.from_env()
     ctx.init(pick_device(cfg.device))
     try:
