@@ -47,7 +47,6 @@ class LastLayerMlp:
     positions) it runs as before."""
 
     def __init__(self, mlp: torch.nn.Module) -> None:
-        self.mlp = mlp
         self.keep: torch.Tensor | None = None
         self._forward = mlp.forward
         mlp.forward = self._kept_forward
